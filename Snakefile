@@ -1,0 +1,21 @@
+# regbench: X-ray-to-CT rigid registration benchmark, raw data -> tables and figures.
+# Run `snakemake --cores all` (embedded default) or see README.md for clusters and datasets.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/register.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

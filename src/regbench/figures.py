@@ -1,0 +1,301 @@
+"""The paper's figures: mTRE distributions, convergence curves and qualitative overlays.
+
+Figures are built on bare :class:`matplotlib.figure.Figure` objects, never through pyplot: they
+render with Agg whatever backend the caller selected, need no display and leak no windows.
+Output is deterministic: strip-plot jitter comes from a seeded ``numpy.random.Generator``
+(seaborn's stripplot draws from the global RNG) and neither file records a date or version.
+Each figure is written as ``{stem}.png`` and ``{stem}.pdf``, atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from scipy import ndimage
+
+from regbench.io import atomic_path
+
+TRAJECTORY_COLUMNS = ("xray_id", "method", "iteration", "seconds", "mtre_mm")
+FLOOR_MM = 1e-3  # mTRE values below this are drawn at it (log axes cannot show 0)
+GT_COLOR = np.array([0.85, 0.1, 0.1])
+EST_COLOR = np.array([0.1, 0.35, 0.95])
+
+
+# ---------------------------------------------------------------- output
+
+
+def save_figure(fig: Figure, out_stem: str | Path, dpi: int = 150) -> list[Path]:
+    """Write ``out_stem.png`` and ``out_stem.pdf`` atomically and return their paths."""
+    stem = Path(out_stem)
+    paths = []
+    for fmt, metadata in (("png", {"Software": None}), ("pdf", {"CreationDate": None})):
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def _palette(methods: Sequence[str]) -> dict[str, Any]:
+    """One fixed colour per method, shared by every panel of a figure."""
+    cmap = colormaps["tab10" if len(methods) <= 10 else "tab20"]
+    return {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
+
+
+def _ordered(values: Iterable[Any]) -> list[Any]:
+    return list(dict.fromkeys(values))
+
+
+# ---------------------------------------------------------------- mTRE distribution
+
+
+def _failed_mask(runs: pd.DataFrame) -> np.ndarray:
+    """Rows that count as failures: status not ok, or no finite mTRE."""
+    values = pd.to_numeric(runs["mtre_mm"], errors="coerce").to_numpy(dtype=np.float64)
+    return (runs["status"].astype(str).to_numpy() != "ok") | ~np.isfinite(values)
+
+
+def _distribution_panel(
+    ax: Axes, runs: pd.DataFrame, methods: list[str], colors: dict, threshold_mm: float
+) -> None:
+    """Box + seeded-jitter strip of mTRE per method on a log axis; failures noted in labels."""
+    failed = _failed_mask(runs)
+    ok = runs.loc[~failed].assign(
+        mtre_plot=lambda d: np.maximum(pd.to_numeric(d["mtre_mm"]), FLOOR_MM)
+    )
+    ax.set_yscale("log")
+    for i, method in enumerate(methods):
+        y = ok.loc[ok["method"] == method, "mtre_plot"].to_numpy()
+        if y.size:
+            box = ax.boxplot(
+                y, positions=[i], widths=0.6, showfliers=False, patch_artist=True,
+                orientation="vertical", medianprops={"color": "k"},
+            )  # fmt: skip
+            box["boxes"][0].set(facecolor=colors[method], alpha=0.5)
+    rng = np.random.default_rng(0)
+    for i, method in enumerate(methods):
+        y = ok.loc[ok["method"] == method, "mtre_plot"].to_numpy()
+        x = i + rng.uniform(-0.18, 0.18, size=y.size)
+        ax.scatter(x, y, s=8, color=colors[method], edgecolor="k", linewidth=0.3, zorder=3)
+    ax.axhline(threshold_mm, color="k", linestyle="--", linewidth=1)
+    n_failed = [int(failed[(runs["method"] == m).to_numpy()].sum()) for m in methods]
+    labels = [m if k == 0 else f"{m}\n({k} failed)" for m, k in zip(methods, n_failed, strict=True)]
+    ax.set_xticks(range(len(methods)), labels, rotation=30, ha="right")
+    ax.set_xlim(-0.5, len(methods) - 0.5)
+    ax.set_xlabel("")
+    ax.set_ylabel("mTRE (mm)")
+
+
+def mtre_distribution(
+    runs: pd.DataFrame, out_stem: str | Path, threshold_mm: float = 1.0
+) -> list[Path]:
+    """Per-method mTRE distribution (log scale), one panel per dataset, 1 mm line drawn."""
+    if runs.empty:
+        raise ValueError("mtre_distribution: no runs to plot")
+    runs = runs if "dataset" in runs.columns else runs.assign(dataset="")
+    methods = _ordered(runs["method"].astype(str))
+    colors = _palette(methods)
+    datasets = _ordered(runs["dataset"].astype(str))
+    fig = Figure(figsize=(1.0 + 0.8 * len(methods) * len(datasets) + 1.2 * len(datasets), 4.0))
+    axes = fig.subplots(1, len(datasets), squeeze=False, sharey=True)[0]
+    for ax, dataset in zip(axes, datasets, strict=True):
+        subset = runs[runs["dataset"].astype(str) == dataset]
+        present = [m for m in methods if m in set(subset["method"].astype(str))]
+        _distribution_panel(ax, subset, present, colors, threshold_mm)
+        ax.set_title(dataset)
+        if ax is not axes[0]:
+            ax.set_ylabel("")
+    fig.tight_layout()
+    return save_figure(fig, out_stem)
+
+
+# ---------------------------------------------------------------- convergence
+
+
+def load_trajectories(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Concatenate ``{method}.trajectory.csv`` files; errors name the file.
+
+    ``dataset`` and ``subject`` are added when the path is ``.../{dataset}/{subject}/runs/...``.
+    """
+    frames = []
+    for path in paths:
+        try:
+            df = pd.read_csv(path, dtype={"xray_id": str, "method": str})
+        except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+            raise ValueError(f"{path}: not a readable trajectory csv ({exc})") from exc
+        missing = [c for c in TRAJECTORY_COLUMNS if c not in df.columns]
+        if missing:
+            raise ValueError(f"{path}: missing required column(s): {', '.join(missing)}")
+        parts = Path(path).parts
+        if len(parts) >= 4 and parts[-2] == "runs":
+            df = df.assign(dataset=parts[-4], subject=parts[-3])
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=list(TRAJECTORY_COLUMNS))
+    return pd.concat(frames, ignore_index=True)
+
+
+def interpolate_on_grid(seconds: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """One X-ray's curve on a common time grid.
+
+    Linear between samples, NaN before the first sample (no estimate exists yet) and held at
+    the last value after the registration stopped (its answer does not change any more).
+    """
+    seconds = np.asarray(seconds, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(seconds, kind="stable")
+    seconds, values = seconds[order], values[order]
+    out = np.interp(grid, seconds, values)
+    out[np.asarray(grid) < seconds[0]] = np.nan
+    return out
+
+
+def _xray_keys(traj: pd.DataFrame) -> list[str]:
+    """Columns identifying one X-ray (subject ids may repeat across subjects)."""
+    return [c for c in ("dataset", "subject", "xray_id") if c in traj.columns]
+
+
+def _band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median and interquartile range across X-rays (rows), ignoring NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns -> NaN
+        q25, q50, q75 = np.nanpercentile(curves, [25, 50, 75], axis=0)
+    return q50, q25, q75
+
+
+def _by_iteration(traj: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """X-ray x iteration matrix of mTRE, each X-ray's last value held after it stopped."""
+    table = traj.pivot_table(
+        index=_xray_keys(traj), columns="iteration", values="mtre_mm", aggfunc="last"
+    )
+    iterations = np.arange(int(table.columns.max()) + 1)
+    table = table.reindex(columns=iterations).ffill(axis=1)
+    return iterations, table.to_numpy(dtype=np.float64)
+
+
+def _by_time(traj: pd.DataFrame, n_grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """X-ray x time matrix of mTRE on a grid from 0 to the slowest X-ray's end."""
+    grid = np.linspace(0.0, float(traj["seconds"].max()), n_grid)
+    curves = [
+        interpolate_on_grid(g["seconds"].to_numpy(), g["mtre_mm"].to_numpy(), grid)
+        for _, g in traj.groupby(_xray_keys(traj), sort=True)
+    ]
+    return grid, np.vstack(curves)
+
+
+def _draw_band(ax: Axes, x: np.ndarray, curves: np.ndarray, color: Any, label: str) -> None:
+    med, lo, hi = (np.maximum(c, FLOOR_MM) for c in _band(curves))
+    ax.plot(x, med, color=color, label=label, linewidth=1.5)
+    ax.fill_between(x, lo, hi, color=color, alpha=0.2, linewidth=0)
+
+
+def convergence(
+    trajectories: pd.DataFrame | Sequence[str | Path],
+    out_stem: str | Path,
+    threshold_mm: float = 1.0,
+    n_grid: int = 200,
+) -> list[Path]:
+    """Median mTRE with interquartile band vs iteration (left) and vs seconds (right).
+
+    One row of panels per dataset. ``seconds`` is cumulative per X-ray, initialisation
+    included; iteration 0 is the initial pose.
+    """
+    traj = (
+        trajectories if isinstance(trajectories, pd.DataFrame) else load_trajectories(trajectories)
+    )
+    if traj.empty:
+        raise ValueError("convergence: no trajectories to plot")
+    traj = traj if "dataset" in traj.columns else traj.assign(dataset="")
+    methods = _ordered(traj["method"].astype(str))
+    colors = _palette(methods)
+    datasets = _ordered(traj["dataset"].astype(str))
+    fig = Figure(figsize=(10.0, 3.6 * len(datasets)))
+    axes = fig.subplots(len(datasets), 2, squeeze=False)
+    for row, dataset in zip(axes, datasets, strict=True):
+        subset = traj[traj["dataset"].astype(str) == dataset]
+        for method in methods:
+            one = subset[subset["method"].astype(str) == method]
+            if one.empty:
+                continue
+            _draw_band(row[0], *_by_iteration(one), colors[method], method)
+            _draw_band(row[1], *_by_time(one, n_grid), colors[method], method)
+        for ax, xlabel in zip(row, ("iteration", "time since start (s)"), strict=True):
+            ax.set_yscale("log")
+            ax.axhline(threshold_mm, color="k", linestyle="--", linewidth=1)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("mTRE (mm)")
+            ax.set_title(dataset)
+        row[1].legend(loc="upper right", fontsize="small")
+    fig.tight_layout()
+    return save_figure(fig, out_stem)
+
+
+# ---------------------------------------------------------------- qualitative
+
+
+def edges(image: np.ndarray, quantile: float = 0.9, sigma: float = 1.0) -> np.ndarray:
+    """Boolean edge map: Sobel gradient magnitude of the smoothed image above its quantile.
+
+    A fixed quantile (rather than a fixed threshold) makes X-rays and DRRs with different
+    intensity scales give edge maps of comparable density.
+    """
+    smooth = ndimage.gaussian_filter(np.asarray(image, dtype=np.float64), sigma)
+    magnitude = np.hypot(ndimage.sobel(smooth, axis=0), ndimage.sobel(smooth, axis=1))
+    return magnitude > max(np.quantile(magnitude, quantile), 1e-12 * magnitude.max(initial=0))
+
+
+def _normalise(image: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1] by the 1st and 99th percentiles (robust to hot pixels)."""
+    image = np.asarray(image, dtype=np.float64)
+    lo, hi = np.percentile(image, [1, 99])
+    return np.clip((image - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(image)
+
+
+def edge_overlay(background: np.ndarray, edges_gt: np.ndarray, edges_est: np.ndarray) -> np.ndarray:
+    """RGB image: dimmed grey background, ground-truth edges red, estimated edges blue."""
+    grey = 0.3 + 0.4 * _normalise(background)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    rgb[np.asarray(edges_gt, dtype=bool)] = GT_COLOR
+    rgb[np.asarray(edges_est, dtype=bool)] = EST_COLOR
+    return rgb
+
+
+def _title(panel: Mapping[str, Any]) -> str:
+    mtre = float(panel["mtre_mm"])
+    value = "failed" if not math.isfinite(mtre) else f"{mtre:.2f} mm"
+    return f"{panel['method']}\n{panel['xray_id']}: mTRE {value}"
+
+
+def qualitative_panel(panels: Sequence[Mapping[str, Any]], out_stem: str | Path) -> list[Path]:
+    """Figure 2 style grid: per column one (X-ray, method); rows: X-ray, DRR at the estimate,
+    edge overlay (ground truth red, estimate blue, on the grey X-ray)."""
+    if not panels:
+        raise ValueError("qualitative_panel: no panels to draw")
+    fig = Figure(figsize=(2.2 * len(panels), 7.0))
+    axes = fig.subplots(3, len(panels), squeeze=False)
+    row_names = ("X-ray", "DRR (estimate)", "edges: GT red / est. blue")
+    for col, panel in enumerate(panels):
+        images = (
+            _normalise(panel["xray"]),
+            _normalise(panel["drr_est"]),
+            edge_overlay(panel["xray"], panel["edges_gt"], panel["edges_est"]),
+        )
+        for row, image in enumerate(images):
+            ax = axes[row, col]
+            ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(row_names[row], fontsize="small")
+        axes[0, col].set_title(_title(panel), fontsize="small")
+    fig.tight_layout()
+    return save_figure(fig, out_stem)

@@ -1,0 +1,1 @@
+"""Pose conventions, shared by every stage (see :mod:`regbench.geometry.poses`)."""

@@ -1,0 +1,109 @@
+"""The one place that says what a pose is and how it is perturbed.
+
+Conventions (used everywhere in regbench):
+
+* A pose is a 4x4 camera-to-world matrix in mm: diffdrr's extrinsic, i.e. the matrix of the
+  ``RigidTransform`` handed to ``diffdrr.drr.DRR``. diffdrr's detector applies its fixed
+  ``reorient`` rotation first, so the physical camera-to-world is ``pose @ reorient``; metrics
+  that compare two poses are unaffected by it.
+* The *C-arm parameterization* (priors, the regressor's output, DiffPose and BOBYQA search
+  spaces) is diffdrr's ``euler_angles`` with convention ``ZXY``: ``pose = [R, R t]``, so the
+  angles rotate the C-arm about the world origin (the CT's isocentre) and ``t`` is the source
+  position before that rotation (the AP view is ``t = (0, 850, 0)``).
+* A local increment ``xi = (omega [rad], v [mm])`` acts by right perturbation,
+  ``T(xi) = T0 @ exp(xi)``, with column-vector se(3) (diffdrr's ``se3_exp_map`` uses
+  PyTorch3D's row-vector layout and (v, omega) order; the wrappers here hide that).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffdrr.pose import RigidTransform, convert, se3_exp_map, se3_log_map
+
+ROTATION_CONVENTION = "ZXY"
+
+
+def carm_pose(rotation_rad: torch.Tensor, translation_mm: torch.Tensor) -> torch.Tensor:
+    """(N,3) ZXY angles + (N,3) source offsets -> (N,4,4) poses."""
+    pose = convert(
+        rotation_rad,
+        translation_mm,
+        parameterization="euler_angles",
+        convention=ROTATION_CONVENTION,
+    )
+    return pose.matrix
+
+
+def carm_params(pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`carm_pose`: (N,4,4) -> ((N,3) angles in rad, (N,3) mm)."""
+    rotation, translation = RigidTransform(_batched(pose)).convert(
+        "euler_angles", convention=ROTATION_CONVENTION
+    )
+    return rotation, translation
+
+
+def se3_exp(xi: torch.Tensor) -> torch.Tensor:
+    """(N,6) increments (omega, v) -> (N,4,4) column-layout rigid transforms."""
+    omega, v = xi[..., :3], xi[..., 3:]
+    return se3_exp_map(torch.cat([v, omega], dim=-1)).mT
+
+
+def se3_log(transform: torch.Tensor) -> torch.Tensor:
+    """(N,4,4) rigid transforms -> (N,6) increments (omega, v); inverse of :func:`se3_exp`."""
+    log = se3_log_map(_batched(transform).mT)
+    return torch.cat([log[..., 3:], log[..., :3]], dim=-1)
+
+
+def perturb(pose: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+    """Right perturbation ``pose @ exp(xi)``: the increment is expressed in the camera frame."""
+    return _batched(pose) @ se3_exp(xi)
+
+
+def relative(pose_a: torch.Tensor, pose_b: torch.Tensor) -> torch.Tensor:
+    """``pose_a^-1 @ pose_b``: the motion taking a to b, in a's camera frame."""
+    return invert(pose_a) @ _batched(pose_b)
+
+
+def invert(pose: torch.Tensor) -> torch.Tensor:
+    """Closed-form inverse of rigid transforms."""
+    pose = _batched(pose)
+    rot_t = pose[..., :3, :3].mT
+    out = torch.zeros_like(pose)
+    out[..., :3, :3] = rot_t
+    out[..., :3, 3] = -(rot_t @ pose[..., :3, 3:4])[..., 0]
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def rigidity_error(pose: torch.Tensor | np.ndarray) -> float:
+    """Largest deviation of a (batch of) 4x4 from a proper rigid transform (0 when exact)."""
+    pose = np.asarray(pose, dtype=np.float64).reshape(-1, 4, 4)
+    rot = pose[:, :3, :3]
+    orth = np.abs(rot @ np.swapaxes(rot, 1, 2) - np.eye(3)).max()
+    det = np.abs(np.linalg.det(rot) - 1.0).max()
+    last = np.abs(pose[:, 3] - np.array([0.0, 0.0, 0.0, 1.0])).max()
+    return float(max(orth, det, last))
+
+
+def check_rigid(pose: torch.Tensor | np.ndarray, what: str, tol: float = 1e-3) -> None:
+    """Raise ``ValueError`` naming ``what`` if any pose is not finite or not a rotation + shift."""
+    arr = np.asarray(pose, dtype=np.float64)
+    if arr.shape[-2:] != (4, 4):
+        raise ValueError(f"{what}: poses must be 4x4 matrices, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{what}: pose contains NaN or infinite values")
+    err = rigidity_error(arr)
+    if err > tol:
+        raise ValueError(
+            f"{what}: pose is not a rigid transform (orthonormality/det error {err:.2e} > {tol})"
+        )
+
+
+def _batched(pose: torch.Tensor) -> torch.Tensor:
+    return pose.unsqueeze(0) if pose.dim() == 2 else pose
+
+
+def matrix_columns(prefix: str) -> list[str]:
+    """Column names of a row-major 4x4 in the run tables: ``{prefix}_m00`` ... ``{prefix}_m33``."""
+    return [f"{prefix}_m{i}{j}" for i in range(4) for j in range(4)]

@@ -1,0 +1,70 @@
+"""What every registration method is: an initialiser (the regressor) and a refiner."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from diffdrr.drr import DRR
+
+from regbench.models.regressor import PoseRegressor
+
+
+@dataclass
+class Context:
+    """Everything a method may use for one subject (never the ground truth)."""
+
+    drr: DRR
+    regressor: PoseRegressor
+    n_points: int
+    settings: dict
+    border_px: int = 0  # collimator border of the X-rays, excluded from image comparisons
+
+
+@dataclass
+class Trace:
+    """Poses a method went through, with the time since its start (initialisation included)."""
+
+    start: float = field(default_factory=time.perf_counter)
+    iterations: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    poses: list[torch.Tensor] = field(default_factory=list)
+
+    def record(self, iteration: int, pose: torch.Tensor) -> None:
+        self.iterations.append(iteration)
+        self.seconds.append(time.perf_counter() - self.start)
+        self.poses.append(pose.detach().reshape(4, 4).double().cpu())
+
+
+@dataclass
+class Result:
+    pose: torch.Tensor  # (4,4) float64 final estimate
+    iterations: int
+    status: str  # "ok" or "failed"
+    trace: Trace
+    message: str = ""
+
+
+class Method:
+    """A registration method; subclasses implement :meth:`refine`."""
+
+    name: str = ""
+
+    def __init__(self, context: Context):
+        self.context = context
+
+    def register(self, image: torch.Tensor) -> Result:
+        """(1,1,H,W) X-ray -> estimated pose; the clock starts before initialisation."""
+        trace = Trace()
+        init = self.context.regressor.predict(image.to(self.context.drr.device))[0].cpu()
+        trace.record(0, init)
+        pose, iterations = self.refine(image, init, trace)
+        if not torch.isfinite(pose).all():
+            return Result(init, iterations, "failed", trace, "non-finite pose")
+        return Result(pose, iterations, "ok", trace)
+
+    def refine(
+        self, image: torch.Tensor, init: torch.Tensor, trace: Trace
+    ) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError

@@ -1,0 +1,86 @@
+"""Stage entry points for the tables and figures: gather run csvs, call tables/figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from regbench import figures, tables
+from regbench.data.xrays import read_xrays
+from regbench.geometry.poses import matrix_columns
+from regbench.render import load_prepared, make_drr, render
+
+
+def _summary_kwargs(settings: dict) -> dict:
+    ev = settings["evaluation"]
+    return {
+        "threshold_mm": ev["success_mm"],
+        "sr_threshold_mm": ev["sr_mm"],
+        "n_boot": ev["n_bootstrap"],
+        "seed": settings["seed"],
+    }
+
+
+def build_tables(run_paths: list[Path], out_dir: Path, settings: dict) -> None:
+    runs = tables.load_runs(run_paths)
+    table = tables.table1(runs, expected_methods=settings["methods"], **_summary_kwargs(settings))
+    tables.write_table(table, out_dir / "table1")
+
+
+def trajectory_path(run_path: Path) -> Path:
+    return run_path.with_name(run_path.name.replace(".csv", ".trajectory.csv"))
+
+
+def build_figures(run_paths: list[Path], out_dir: Path, settings: dict) -> None:
+    threshold = settings["evaluation"]["success_mm"]
+    runs = tables.load_runs(run_paths)
+    figures.mtre_distribution(runs, out_dir / "mtre_distribution", threshold)
+    figures.convergence([trajectory_path(p) for p in run_paths], out_dir / "convergence", threshold)
+    figures.qualitative_panel(
+        qualitative_panels(run_paths, runs, settings), out_dir / "qualitative"
+    )
+
+
+def qualitative_panels(run_paths: list[Path], runs: pd.DataFrame, settings: dict) -> list[dict]:
+    """X-ray, DRR at the estimate and edge overlays for the first few X-rays of each subject."""
+    panels = []
+    n_show = settings["evaluation"]["qualitative_xrays"]
+    subject_dirs = sorted({p.parent.parent for p in run_paths})
+    for subject_dir in subject_dirs:
+        prepared = load_prepared(subject_dir / "prepared")
+        xrays = read_xrays(subject_dir / "xrays", prepared.geometry)
+        drr = make_drr(
+            prepared, settings["render"]["bone_attenuation"], settings["render"]["renderer"]
+        )
+        dataset, subject = subject_dir.parent.name, subject_dir.name
+        mine = runs[(runs["dataset"] == dataset) & (runs["subject"] == subject)]
+        for i, xray_id in enumerate(xrays.ids[:n_show]):
+            with torch.no_grad():
+                drr_gt = render(drr, xrays.poses[i : i + 1], settings["render"]["n_points"])[0, 0]
+            edges_gt = figures.edges(drr_gt.numpy())
+            for method in [m for m in settings["methods"] if m in set(mine["method"])]:
+                row = mine[(mine["method"] == method) & (mine["xray_id"].astype(str) == xray_id)]
+                if row.empty:
+                    continue
+                est = torch.from_numpy(
+                    row[matrix_columns("est")].to_numpy(np.float64).reshape(1, 4, 4)
+                )
+                if not torch.isfinite(est).all():
+                    continue
+                with torch.no_grad():
+                    drr_est = render(drr, est, settings["render"]["n_points"])[0, 0].numpy()
+                panels.append(
+                    {
+                        "xray_id": f"{subject}/{xray_id}",
+                        "method": method,
+                        "xray": xrays.images[i, 0].numpy(),
+                        "drr_est": drr_est,
+                        "edges_gt": edges_gt,
+                        "edges_est": figures.edges(drr_est),
+                        "mtre_mm": float(row["mtre_mm"].iloc[0]),
+                    }
+                )
+    return panels

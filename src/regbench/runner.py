@@ -1,0 +1,92 @@
+"""Run one method on every X-ray of a subject and score it against the ground truth."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from regbench import evaluate
+from regbench.data.xrays import XraySet
+from regbench.geometry.poses import matrix_columns
+from regbench.methods import build_method
+from regbench.methods.base import Context, Result, Trace
+from regbench.render import Prepared
+
+log = logging.getLogger(__name__)
+
+RUN_COLUMNS = [
+    "xray_id",
+    "method",
+    "status",
+    "seconds",
+    "iterations",
+    "mtre_init_mm",
+    "mtre_mm",
+    "mrpe_mm",
+    "legacy_mrpe",
+    "rot_err_deg",
+    "trans_err_mm",
+    *matrix_columns("init"),
+    *matrix_columns("est"),
+]
+TRAJECTORY_COLUMNS = ["xray_id", "method", "iteration", "seconds", "mtre_mm"]
+
+
+def register_all(
+    method_name: str, prepared: Prepared, xrays: XraySet, context: Context
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    method = build_method(method_name, context)
+    points = prepared.points
+    rows, traj = [], []
+    for i in tqdm(range(len(xrays)), desc=method_name, mininterval=5):
+        xray_id, gt = xrays.ids[i], xrays.poses[i].numpy()
+        result = _register_one(method, xrays.images[i : i + 1], xray_id)
+        trace_poses = np.stack([p.numpy() for p in result.trace.poses])
+        trace_mtre = evaluate.mtre(trace_poses, gt[None].repeat(len(trace_poses), 0), points)
+        traj += [
+            {"xray_id": xray_id, "method": method_name, "iteration": it, "seconds": s, "mtre_mm": m}
+            for it, s, m in zip(
+                result.trace.iterations, result.trace.seconds, trace_mtre, strict=True
+            )
+        ]
+        rows.append(_score(method_name, xray_id, result, trace_poses[0], gt, prepared))
+        log.info("%s %s: %s mTRE %.3f mm", method_name, xray_id, result.status, rows[-1]["mtre_mm"])
+    return pd.DataFrame(rows, columns=RUN_COLUMNS), pd.DataFrame(traj, columns=TRAJECTORY_COLUMNS)
+
+
+def _register_one(method, image: torch.Tensor, xray_id: str) -> Result:
+    """A method that raises on one X-ray fails that X-ray, not the whole run."""
+    try:
+        return method.register(image)
+    except (RuntimeError, ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+        log.exception("X-ray %s: %s failed", xray_id, method.name)
+        trace = Trace()
+        trace.record(0, torch.full((4, 4), float("nan")))
+        return Result(trace.poses[0], 0, "failed", trace, str(exc))
+
+
+def _score(method_name, xray_id, result: Result, init, gt, prepared: Prepared) -> dict:
+    est = result.pose.numpy()
+    g = prepared.geometry
+    pts = prepared.points
+    mrpe = float(evaluate.mrpe(est[None], gt[None], pts, g)[0])
+    row = {
+        "xray_id": xray_id,
+        "method": method_name,
+        "status": result.status,
+        "seconds": result.trace.seconds[-1],
+        "iterations": result.iterations,
+        "mtre_init_mm": float(evaluate.mtre(init[None], gt[None], pts)[0]),
+        "mtre_mm": float(evaluate.mtre(est[None], gt[None], pts)[0]),
+        "mrpe_mm": mrpe,
+        "legacy_mrpe": float(evaluate.legacy_diffpose_mrpe(mrpe, g)),
+        "rot_err_deg": float(evaluate.rotation_error_deg(est[None], gt[None])[0]),
+        "trans_err_mm": float(evaluate.translation_error_mm(est[None], gt[None])[0]),
+    }
+    row.update(zip(matrix_columns("init"), init.reshape(-1), strict=True))
+    row.update(zip(matrix_columns("est"), est.reshape(-1), strict=True))
+    return row

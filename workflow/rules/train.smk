@@ -1,0 +1,24 @@
+rule train_regressor:
+    input:
+        **rules.prepare.output,
+    output:
+        model=f"{R}/{{dataset}}/{{subject}}/models/regressor.pt",
+        log_csv=f"{R}/{{dataset}}/{{subject}}/models/regressor.log.csv",
+        snapshot=f"{R}/{{dataset}}/{{subject}}/models/regressor.config.json",
+    params:
+        settings=lambda w: settings("prior", "render", "regressor", "geometry"),
+        prepared=lambda w, input: os.path.dirname(input.ct),
+    threads: 2
+    log:
+        f"{R}/logs/train_regressor/{{dataset}}/{{subject}}.log",
+    benchmark:
+        f"{R}/benchmarks/train_regressor/{{dataset}}/{{subject}}.tsv"
+    resources:
+        mem_mb=6000,
+        runtime=240,
+    conda:
+        "../../envs/regbench.yaml"
+    shell:
+        "python -m regbench train-regressor --dataset {wildcards.dataset} --subject {wildcards.subject}"
+        " --prepared {params.prepared} --settings {params.settings:q}"
+        " --out {output.model} --log-csv {output.log_csv} --threads {threads} 2> {log}"
