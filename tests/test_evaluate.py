@@ -144,3 +144,12 @@ def test_percentile_matches_numpy_on_finite_data() -> None:
         for q in (0.0, 2.5, 25.0, 50.0, 95.0, 100.0):
             assert percentile(x, q) == np.percentile(x, q)
     np.testing.assert_array_equal(percentile([1.0, 2.0, np.inf], [0, 50, 75]), [1.0, 2.0, np.inf])
+
+
+def test_rotation_about_the_isocentre_has_no_translation_error() -> None:
+    # A C-arm rotation about the world origin (the CT isocentre) moves the source far away,
+    # but the isocentre stays where the camera expects it.
+    est = _pose((0.0, 0.0, 10.0)) @ GT
+    np.testing.assert_allclose(translation_error_mm(est, GT), [0.0], atol=1e-9)
+    np.testing.assert_allclose(rotation_error_deg(est, GT), [10.0], atol=1e-9)
+    assert mtre(est, GT, LANDMARKS[1:])[0] > 1.0

@@ -91,11 +91,14 @@ def rotation_error_deg(est: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 
 def translation_error_mm(est: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """Norm [mm] of the translation of ``est^-1 gt``.
+    """Displacement [mm] of the CT isocentre (world origin) seen from the camera.
 
-    Equals the distance between the estimated and true X-ray source positions in world space.
+    ``|est^-1 o - gt^-1 o|`` with o the world origin, i.e. the mTRE of a landmark at the
+    isocentre. C-arm rotations turn about the isocentre, so unlike the distance between source
+    positions this does not grow with a pure rotation error.
     """
-    return np.linalg.norm(_relative(est, gt)[:, :3, 3], axis=-1)
+    est, gt = _broadcast_poses(est, gt)
+    return np.linalg.norm(invert_pose(est)[:, :3, 3] - invert_pose(gt)[:, :3, 3], axis=-1)
 
 
 def pose_metrics(
