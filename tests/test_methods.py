@@ -64,7 +64,7 @@ def test_border_is_excluded_from_similarity():
     a = torch.rand(1, 1, 20, 20, generator=torch.Generator().manual_seed(0))
     b = a.clone()
     b[..., :2, :] = 5.0  # a bright collimator edge only in one image
-    assert multiscale_ncc(5, border_px=2)(a, b).item() == pytest.approx(1.0, abs=1e-4)
+    assert multiscale_ncc(5, border_px=2)(a, b).item() == pytest.approx(1.0, abs=1e-3)
     assert multiscale_ncc(5, border_px=0)(a, b).item() < 0.9
 
 

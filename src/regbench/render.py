@@ -90,11 +90,15 @@ def make_drr(
 
 
 def render(drr: DRR, poses: torch.Tensor, n_points: int) -> torch.Tensor:
-    """(N,4,4) poses -> (N,1,H,W) float32 line integrals."""
-    dtype = drr.density.dtype
-    pose = RigidTransform(poses.to(device=drr.device, dtype=dtype))
+    """(N,4,4) poses -> (N,1,H,W) float32 line integrals.
+
+    Poses are rendered one at a time: diffdrr's trilinear renderer samples every ray of a batch
+    over the batch's common depth range, so a batched image would depend on its batch-mates
+    (and on CPU one pose at a time is no slower).
+    """
+    poses = poses.to(device=drr.device, dtype=drr.density.dtype)
     kwargs = {"n_points": n_points} if _is_trilinear(drr) else {}
-    return drr(pose, **kwargs)
+    return torch.cat([drr(RigidTransform(pose[None]), **kwargs) for pose in poses])
 
 
 def _is_trilinear(drr: DRR) -> bool:

@@ -55,7 +55,7 @@ def simulate_xrays(
     poses = prior.sample(n, generator)
     drr = make_drr(prepared, sim_cfg["bone_attenuation"], render_cfg["renderer"])
     with torch.no_grad():
-        clean = torch.cat([render(drr, p[None], render_cfg["n_points"]) for p in poses])
+        clean = render(drr, poses, render_cfg["n_points"])
     images = degrade(
         clean,
         generator,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from diffdrr.pose import RigidTransform, convert, se3_exp_map, se3_log_map
+from diffdrr.pose import RigidTransform, convert, se3_log_map
 
 ROTATION_CONVENTION = "ZXY"
 
@@ -44,9 +44,46 @@ def carm_params(pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def se3_exp(xi: torch.Tensor) -> torch.Tensor:
-    """(N,6) increments (omega, v) -> (N,4,4) column-layout rigid transforms."""
+    """(N,6) increments (omega [rad], v [mm]) -> (N,4,4) column-layout rigid transforms.
+
+    Same values as diffdrr's ``se3_exp_map`` (PyTorch3D), whose gradients are NaN at zero
+    rotation, which is exactly where gradients are taken (targets at ``xi = 0``, LM Jacobians at ``dxi = 0``). Here the
+    Rodrigues coefficients switch to their Taylor series for small angles, so values and
+    gradients (reverse and forward mode) stay finite and exact.
+    """
     omega, v = xi[..., :3], xi[..., 3:]
-    return se3_exp_map(torch.cat([v, omega], dim=-1)).mT
+    theta_sq = (omega * omega).sum(-1)
+    small = theta_sq < 1e-2
+    theta = torch.sqrt(theta_sq.clamp_min(1e-2))  # only used where not small
+    sin, cos = torch.sin(theta), torch.cos(theta)
+    t2, t4, t6 = theta_sq, theta_sq**2, theta_sq**3
+    a = torch.where(small, 1 - t2 / 6 + t4 / 120 - t6 / 5040, sin / theta)
+    b = torch.where(small, 0.5 - t2 / 24 + t4 / 720 - t6 / 40320, (1 - cos) / theta**2)
+    c = torch.where(small, 1 / 6 - t2 / 120 + t4 / 5040 - t6 / 362880, (theta - sin) / theta**3)
+    w = hat(omega)
+    w2 = w @ w
+    eye = torch.eye(3, dtype=xi.dtype, device=xi.device).expand_as(w)
+    rot = eye + a[..., None, None] * w + b[..., None, None] * w2
+    jac = eye + b[..., None, None] * w + c[..., None, None] * w2
+    trans = (jac @ v[..., None])[..., 0]
+    top = torch.cat([rot, trans[..., None]], dim=-1)
+    bottom = torch.zeros_like(top[..., :1, :])
+    bottom = torch.cat([bottom[..., :3], torch.ones_like(bottom[..., 3:])], dim=-1)
+    return torch.cat([top, bottom], dim=-2)
+
+
+def hat(omega: torch.Tensor) -> torch.Tensor:
+    """(...,3) -> (...,3,3) skew matrix with ``hat(w) @ x = w x x``."""
+    x, y, z = omega.unbind(-1)
+    zero = torch.zeros_like(x)
+    return torch.stack(
+        [
+            torch.stack([zero, -z, y], dim=-1),
+            torch.stack([z, zero, -x], dim=-1),
+            torch.stack([-y, x, zero], dim=-1),
+        ],
+        dim=-2,
+    )
 
 
 def se3_log(transform: torch.Tensor) -> torch.Tensor:

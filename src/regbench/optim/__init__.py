@@ -1,0 +1,1 @@
+"""Optimisers over rigid poses (increments follow :mod:`regbench.geometry.poses`)."""
