@@ -22,16 +22,41 @@ def _settings(text: str) -> dict:
         raise InputError(f"--settings is not valid JSON: {exc}") from exc
 
 
+def _dataset_spec(s: dict, dataset: str) -> dict:
+    """The dataset's own section of ``--settings`` (empty when the rule passes none)."""
+    return (s.get("datasets") or {}).get(dataset) or {}
+
+
 def cmd_prepare(args: argparse.Namespace) -> None:
+    from regbench.data import datasets as ds
     from regbench.data.prepare import geometry_from_config
 
     s = _settings(args.settings)
-    if args.dataset != "embedded":
-        raise InputError(f"unknown dataset '{args.dataset}' (known: embedded)")
-    from regbench.data.embedded import prepare_embedded
+    spec = _dataset_spec(s, args.dataset)
+    if ds.has_parsed_xrays(args.dataset):
+        if not args.parsed:
+            raise InputError(f"dataset '{args.dataset}' is prepared from --parsed (parse output)")
+        ds.install(args.parsed, args.out, ds.PREPARED_FILES)
+        logging.info("installed the parsed CT of %s/%s", args.dataset, args.subject)
+        return
+    if args.dataset == "embedded":
+        from regbench.data.embedded import prepare_embedded
 
-    ds = s["datasets"]["embedded"]
-    prepared = prepare_embedded(ds["spacing_mm"], ds["min_label_voxels"])
+        prepared = prepare_embedded(spec["spacing_mm"], spec["min_label_voxels"])
+    elif args.dataset == "embedded-cohort":
+        from regbench.data.cohort import prepare_cohort_subject
+        from regbench.seeding import derive_seed
+
+        seed = derive_seed(s["seed"], args.dataset, args.subject, "cohort")
+        prepared = prepare_cohort_subject(spec, seed)
+    elif args.dataset == "ctspine1k":
+        if not args.source:
+            raise InputError("dataset 'ctspine1k' needs --source (its data folder)")
+        prepared = ds.prepare_ctspine1k(
+            args.source, args.subject, spec["spacing_mm"], spec["min_label_voxels"]
+        )
+    else:
+        raise InputError(f"unknown dataset '{args.dataset}' (known: {', '.join(ds.DATASETS)})")
     prepared.write(args.out, geometry_from_config(s["geometry"]))
     logging.info(
         "prepared %s/%s: CT %s, %d landmarks",
@@ -42,25 +67,122 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_parse(args: argparse.Namespace) -> None:
+    from regbench.data import datasets as ds
+
+    s = _settings(args.settings)
+    spec = _dataset_spec(s, args.dataset)
+    height = spec.get("height") or s["geometry"]["height"]
+    prepared, xrays = ds.parse_subject(args.dataset, args.subject, spec, args.source, height)
+    xrays.write(args.out)
+    prepared.write(args.out, xrays.geometry)
+    logging.info(
+        "parsed %s/%s: CT %s, %d landmarks, %d X-rays of %dx%d px",
+        args.dataset,
+        args.subject,
+        prepared.ct.shape,
+        len(prepared.landmarks),
+        len(xrays),
+        xrays.geometry["height"],
+        xrays.geometry["width"],
+    )
+
+
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from regbench.data.simulate import simulate_xrays
-    from regbench.geometry.priors import PosePrior
+    from regbench.data import datasets as ds
     from regbench.render import load_prepared
-    from regbench.seeding import derive_seed
 
     s = _settings(args.settings)
     prepared = load_prepared(args.prepared)
+    if ds.has_parsed_xrays(args.dataset):
+        from regbench.data.xrays import read_xrays
+
+        if not args.parsed:
+            raise InputError(f"dataset '{args.dataset}' takes its X-rays from --parsed")
+        n = len(read_xrays(args.parsed, prepared.geometry))  # checked before it is installed
+        ds.install(args.parsed, args.out, ds.XRAY_FILES)
+        logging.info("installed %d parsed X-rays of %s/%s", n, args.dataset, args.subject)
+        return
+
+    from regbench.data.simulate import simulate_xrays
+    from regbench.geometry.priors import PosePrior
+    from regbench.seeding import derive_seed
+
+    n_xrays = _dataset_spec(s, args.dataset).get("n_xrays") or s["simulate"]["n_xrays"]
     seed = derive_seed(s["seed"], args.dataset, args.subject, "simulate")
     xrays = simulate_xrays(
         prepared,
         PosePrior.from_config(s["prior"]),
-        s["simulate"]["n_xrays"],
+        n_xrays,
         seed,
         s["render"],
         s["simulate"],
     )
     xrays.write(args.out)
     logging.info("simulated %d X-rays (seed %d)", len(xrays), seed)
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from regbench.data import datasets as ds
+    from regbench.data.download import DownloadError
+
+    pins = _settings(args.settings).get("download", {})
+    try:
+        path = ds.download_file(
+            args.dataset,
+            args.file,
+            args.root,
+            sha256=pins.get("sha256"),
+            archive_sha256=pins.get("archive_sha256"),
+            revision=pins.get("revision") or "main",
+            progress=sys.stderr.isatty(),
+        )
+    except DownloadError as exc:
+        raise InputError(str(exc)) from exc
+    logging.info("%s is in place and verified", path)
+
+
+def cmd_example_custom(args: argparse.Namespace) -> None:
+    from regbench.data.custom import make_example_custom_folder
+
+    out = make_example_custom_folder(args.out, args.spacing_mm)
+    logging.info("wrote the custom-dataset example to %s", out)
+
+
+def cmd_train_regressor_agnostic(args: argparse.Namespace) -> None:
+    from regbench.render import resolve_device
+    from regbench.seeding import derive_seed
+    from regbench.train.agnostic import train_regressor_agnostic
+
+    s = _settings(args.settings)
+    subjects = [Path(p).parent.name for p in args.prepared]  # .../{subject}/prepared
+    seed = derive_seed(s["seed"], args.dataset, "_agnostic", *subjects, "regressor")
+    logging.info("patient-agnostic regressor of %s on %s", args.dataset, ", ".join(subjects))
+    train_regressor_agnostic(
+        args.prepared,
+        s,
+        seed,
+        Path(args.out),
+        Path(args.log_csv),
+        resolve_device(s["device"]),
+    )
+
+
+def cmd_generalization_table(args: argparse.Namespace) -> None:
+    from regbench import tables
+
+    s = _settings(args.settings)
+    ev = s["evaluation"]
+    runs = tables.load_runs([Path(p) for p in args.runs])
+    table = tables.generalization_table(
+        runs,
+        expected_methods=s["methods"],
+        threshold_mm=ev["success_mm"],
+        sr_threshold_mm=ev["sr_mm"],
+        n_boot=ev["n_bootstrap"],
+        seed=s["seed"],
+    )
+    tables.write_table(table, Path(args.out_dir) / "table2")
 
 
 def cmd_train_regressor(args: argparse.Namespace) -> None:
@@ -80,20 +202,18 @@ def cmd_train_regressor(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_register(args: argparse.Namespace) -> None:
-    import torch
-
+def _registration_context(args: argparse.Namespace, s: dict, method: str):
+    """Prepared subject, X-rays and the method's Context (models loaded, never ground truth)."""
     from regbench.data.xrays import read_xrays
-    from regbench.io import write_csv, write_json
-    from regbench.methods import check_method
+    from regbench.methods import check_method, needs_similarity
     from regbench.methods.base import Context
+    from regbench.models.similarity import SimilarityGeometry
     from regbench.render import load_prepared, make_drr, resolve_device
-    from regbench.runner import register_all
     from regbench.seeding import seed_everything
     from regbench.train.regressor import load_regressor
+    from regbench.train.similarity import load_similarity
 
-    s = _settings(args.settings)
-    check_method(args.method)
+    check_method(method)
     device = resolve_device(s["device"])
     seed_everything(s["seed"])
     prepared = load_prepared(args.prepared)
@@ -101,11 +221,61 @@ def cmd_register(args: argparse.Namespace) -> None:
     regressor = load_regressor(args.regressor, s, device)
     drr = make_drr(prepared, s["render"]["bone_attenuation"], s["render"]["renderer"], device)
     context = Context(drr, regressor, s["render"]["n_points"], s, xrays.border_px)
+    if needs_similarity(method):
+        if not args.similarity:
+            raise InputError(f"method '{method}' needs --similarity (a trained model)")
+        context.similarity = load_similarity(args.similarity, method, s, device)
+        context.similarity_setup = SimilarityGeometry(prepared, s, device)
+    return prepared, xrays, context
+
+
+def cmd_register(args: argparse.Namespace) -> None:
+    import torch
+
+    from regbench.io import write_csv, write_json
+    from regbench.runner import register_all
+
+    s = _settings(args.settings)
+    prepared, xrays, context = _registration_context(args, s, args.method)
     with torch.inference_mode(False):
         runs, trajectory = register_all(args.method, prepared, xrays, context)
     write_csv(trajectory, args.trajectory)
     write_json({"method": args.method, "settings": s}, Path(args.out).with_suffix(".config.json"))
     write_csv(runs, args.out)
+
+
+def cmd_optimizer_study(args: argparse.Namespace) -> None:
+    from regbench.io import write_csv
+    from regbench.runner import optimizer_study
+
+    s = _settings(args.settings)
+    prepared, xrays, context = _registration_context(args, s, "ours-so4")
+    cfg = s["similarity"]
+    study = optimizer_study(
+        prepared, xrays, context, cfg["optimizer_study_xrays"], cfg["optimizer_study_iterations"]
+    )
+    write_csv(study, args.out)
+
+
+def cmd_train_similarity(args: argparse.Namespace) -> None:
+    from regbench.models.variants import VARIANTS
+    from regbench.render import load_prepared, resolve_device
+    from regbench.seeding import derive_seed
+    from regbench.train.similarity import train_similarity
+
+    if args.variant not in VARIANTS:
+        raise InputError(f"unknown similarity variant '{args.variant}' (known: {sorted(VARIANTS)})")
+    s = _settings(args.settings)
+    seed = derive_seed(s["seed"], args.dataset, args.subject, "similarity", args.variant)
+    train_similarity(
+        load_prepared(args.prepared),
+        args.variant,
+        s,
+        seed,
+        Path(args.out),
+        Path(args.log_csv),
+        resolve_device(s["device"]),
+    )
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
@@ -117,7 +287,12 @@ def cmd_tables(args: argparse.Namespace) -> None:
 def cmd_figures(args: argparse.Namespace) -> None:
     from regbench.report import build_figures
 
-    build_figures([Path(p) for p in args.runs], Path(args.out_dir), _settings(args.settings))
+    build_figures(
+        [Path(p) for p in args.runs],
+        Path(args.out_dir),
+        _settings(args.settings),
+        [Path(p) for p in args.optimizer_studies],
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,14 +311,52 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dataset", required=True)
         p.add_argument("--subject", required=True)
 
+    p = stage("download", cmd_download, "fetch (or verify) one raw file of a dataset")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--file", required=True, help="path relative to the dataset's data folder")
+    p.add_argument("--root", required=True, help="the dataset's data folder")
+
+    p = sub.add_parser(
+        "example-custom", help="write the worked example of the custom dataset (a folder)"
+    )
+    p.add_argument("--out", required=True, help="folder to create")
+    p.add_argument("--spacing-mm", type=float, default=6.0, help="CT voxel spacing (mm)")
+    p.set_defaults(func=cmd_example_custom, settings="{}", threads=None)
+
+    p = stage("parse", cmd_parse, "read CT, landmarks and real X-rays of a subject")
+    subject_args(p)
+    p.add_argument("--source", required=True, help="HDF5 file or custom folder")
+    p.add_argument("--out", required=True, help="parsed/ folder")
+
     p = stage("prepare", cmd_prepare, "CT preprocessing: resample, centre, landmarks")
     subject_args(p)
+    p.add_argument("--source", help="raw data folder (ctspine1k)")
+    p.add_argument("--parsed", help="parsed/ folder (datasets with real X-rays)")
     p.add_argument("--out", required=True, help="prepared/ folder")
 
     p = stage("simulate", cmd_simulate, "render test X-rays with a domain gap")
     subject_args(p)
     p.add_argument("--prepared", required=True)
+    p.add_argument("--parsed", help="parsed/ folder (datasets with real X-rays)")
     p.add_argument("--out", required=True, help="xrays/ folder")
+
+    p = stage(
+        "train-regressor-agnostic",
+        cmd_train_regressor_agnostic,
+        "train one pose regressor on several subjects (patient-agnostic)",
+    )
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--prepared", nargs="+", required=True, help="prepared/ folders")
+    p.add_argument("--out", required=True, help="regressor.pt")
+    p.add_argument("--log-csv", required=True, help="training log (step, loss, seconds)")
+
+    p = stage(
+        "generalization-table",
+        cmd_generalization_table,
+        "the patient-agnostic table (table2) from the held-out subjects' run csvs",
+    )
+    p.add_argument("--runs", nargs="+", required=True)
+    p.add_argument("--out-dir", required=True)
 
     p = stage("train-regressor", cmd_train_regressor, "train the pose regressor")
     subject_args(p)
@@ -151,13 +364,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="regressor.pt")
     p.add_argument("--log-csv", required=True, help="training log (step, loss, seconds)")
 
+    p = stage("train-similarity", cmd_train_similarity, "train a learned similarity variant")
+    subject_args(p)
+    p.add_argument("--variant", required=True)
+    p.add_argument("--prepared", required=True)
+    p.add_argument("--out", required=True, help="similarity-{variant}.pt")
+    p.add_argument("--log-csv", required=True, help="training log (step, loss, seconds)")
+
     p = stage("register", cmd_register, "register every X-ray of a subject with one method")
     p.add_argument("--method", required=True)
     p.add_argument("--prepared", required=True)
     p.add_argument("--xrays", required=True)
     p.add_argument("--regressor", required=True)
+    p.add_argument("--similarity", help="similarity-{variant}.pt, for learned-similarity methods")
     p.add_argument("--out", required=True, help="runs/{method}.csv")
     p.add_argument("--trajectory", required=True, help="runs/{method}.trajectory.csv")
+
+    p = stage("optimizer-study", cmd_optimizer_study, "LM vs Adam vs GD on ours-so4")
+    p.add_argument("--prepared", required=True)
+    p.add_argument("--xrays", required=True)
+    p.add_argument("--regressor", required=True)
+    p.add_argument("--similarity", required=True, help="similarity-ours-so4.pt")
+    p.add_argument("--out", required=True, help="runs/optimizers.trajectory.csv")
 
     p = stage("tables", cmd_tables, "tables of the paper from the run csvs")
     p.add_argument("--runs", nargs="+", required=True)
@@ -165,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("figures", cmd_figures, "figures from the run and trajectory csvs")
     p.add_argument("--runs", nargs="+", required=True)
+    p.add_argument("--optimizer-studies", nargs="*", default=[], help="optimizers.trajectory.csv")
     p.add_argument("--out-dir", required=True)
     return parser
 

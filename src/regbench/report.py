@@ -24,18 +24,39 @@ def _summary_kwargs(settings: dict) -> dict:
     }
 
 
+# Rows of the paper's ablation table (Table 3), in its order.
+ABLATION_METHODS = (
+    "ours-se3",
+    "ours-so4",
+    "abl-hyperbolic",
+    "abl-euclidean",
+    "abl-no-ecnn",
+    "abl-cnn3d",
+)
+
+
 def build_tables(run_paths: list[Path], out_dir: Path, settings: dict) -> None:
+    """Table 1 (every configured method) and Table 3 (the configured ablation rows)."""
     runs = tables.load_runs(run_paths)
-    table = tables.table1(runs, expected_methods=settings["methods"], **_summary_kwargs(settings))
+    kwargs = _summary_kwargs(settings)
+    table = tables.table1(runs, expected_methods=settings["methods"], **kwargs)
     tables.write_table(table, out_dir / "table1")
+    ablation = [m for m in ABLATION_METHODS if m in settings["methods"]]
+    ablation_runs = runs[runs["method"].isin(ablation)]
+    table3 = tables.ablation_table(ablation_runs, expected_methods=ablation, **kwargs)
+    tables.write_table(table3, out_dir / "table3")
 
 
 def trajectory_path(run_path: Path) -> Path:
     return run_path.with_name(run_path.name.replace(".csv", ".trajectory.csv"))
 
 
-def build_figures(run_paths: list[Path], out_dir: Path, settings: dict) -> None:
+def build_figures(
+    run_paths: list[Path], out_dir: Path, settings: dict, optimizer_studies: list[Path] = ()
+) -> None:
     threshold = settings["evaluation"]["success_mm"]
+    if optimizer_studies:
+        figures.convergence(list(optimizer_studies), out_dir / "optimizers", threshold)
     runs = tables.load_runs(run_paths)
     figures.mtre_distribution(runs, out_dir / "mtre_distribution", threshold)
     figures.convergence([trajectory_path(p) for p in run_paths], out_dir / "convergence", threshold)

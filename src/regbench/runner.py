@@ -90,3 +90,42 @@ def _score(method_name, xray_id, result: Result, init, gt, prepared: Prepared) -
     row.update(zip(matrix_columns("init"), init.reshape(-1), strict=True))
     row.update(zip(matrix_columns("est"), est.reshape(-1), strict=True))
     return row
+
+
+OPTIMIZERS = ("LM", "Adam", "gradient descent")
+
+
+def optimizer_study(
+    prepared: Prepared, xrays: XraySet, context: Context, n_xrays: int, iterations: int
+) -> pd.DataFrame:
+    """LM vs Adam vs gradient descent on the same learned similarity (ours-so4), same starts.
+
+    Returns trajectory rows (``method`` holds the optimiser) for the convergence figure.
+    """
+    method = build_method("ours-so4", context)
+    points = prepared.points
+    rows = []
+    for i in tqdm(range(min(n_xrays, len(xrays))), desc="optimizers", mininterval=5):
+        image, gt = xrays.images[i : i + 1], xrays.poses[i].numpy()
+        init = context.regressor.predict(image.to(context.drr.device))[0].cpu().double()
+        for name in OPTIMIZERS:
+            trace = Trace()
+            trace.record(0, init)
+            if name == "LM":
+                method._lm(method.residual_fn(image), init, trace)
+            else:
+                kind = "adam" if name == "Adam" else "sgd"
+                method.first_order(image, init, kind, iterations, trace)
+            poses = np.stack([p.numpy() for p in trace.poses])
+            errors = evaluate.mtre(poses, gt[None].repeat(len(poses), 0), points)
+            rows += [
+                {
+                    "xray_id": xrays.ids[i],
+                    "method": name,
+                    "iteration": it,
+                    "seconds": s,
+                    "mtre_mm": m,
+                }
+                for it, s, m in zip(trace.iterations, trace.seconds, errors, strict=True)
+            ]
+    return pd.DataFrame(rows, columns=TRAJECTORY_COLUMNS)

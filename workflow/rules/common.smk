@@ -1,6 +1,8 @@
 # Validation, input functions and wildcard constraints; no rules here.
 import json
 import os
+import re
+import shlex
 import sys
 
 from snakemake.utils import validate
@@ -13,23 +15,74 @@ os.environ.update(
 )
 
 from regbench.methods import IMPLEMENTED
+from regbench.models.variants import VARIANTS
+from regbench.data import datasets as registry
+from regbench.errors import InputError
+from snakemake.exceptions import WorkflowError
 
 
 validate(config, schema="../schemas/config.schema.yaml")
 
 R = config["results"]
-SUBJECTS = [
-    (dataset, subject)
-    for dataset, spec in config["datasets"].items()
-    for subject in spec["subjects"]
-]
+DATA = config["data_root"]
+# Enabled datasets (`enabled: false` drops one, e.g. config.yaml's when another file is layered).
+DATASETS = {d: spec for d, spec in config["datasets"].items() if spec["enabled"]}
+# Patient-specific scenario (Table 1): each subject registered with its own models.
+SUBJECTS = [(dataset, subject) for dataset, spec in DATASETS.items() for subject in spec["subjects"]]
+# Patient-agnostic scenario (Table 2): per dataset, models trained on train_subjects, registered
+# on the held-out test_subjects; outputs under {R}/_agnostic/{dataset}/.
+AGNOSTIC = {d: spec["agnostic"] for d, spec in DATASETS.items() if spec.get("agnostic")}
+AGNOSTIC_SUBJECTS = [(d, s) for d, a in AGNOSTIC.items() for s in a["test_subjects"]]
 RUN_METHODS = [m for m in config["methods"] if m in IMPLEMENTED]
 
 
+def check_datasets():
+    """Checks the schema cannot express: subject ids per dataset, disjoint agnostic splits."""
+    if not DATASETS:
+        raise WorkflowError("config: every dataset is disabled (datasets.*.enabled: false)")
+    for dataset, spec in DATASETS.items():
+        agnostic = spec.get("agnostic") or {}
+        if not spec["subjects"] and not agnostic:
+            raise WorkflowError(
+                f"config: datasets.{dataset} has no subjects and no agnostic block: nothing to run"
+            )
+        both = set(agnostic.get("train_subjects", [])) & set(agnostic.get("test_subjects", []))
+        if both:
+            raise WorkflowError(
+                f"config: datasets.{dataset}.agnostic: {sorted(both)} are both training and "
+                "test subjects (test subjects must be held out)"
+            )
+        for subject in data_subjects(dataset):
+            try:
+                registry.check_subject(dataset, subject, spec)
+            except InputError as exc:
+                raise WorkflowError(f"config: datasets.{dataset}: {exc}") from None
+
+
+def data_subjects(dataset):
+    """Every subject of a dataset that is prepared (either scenario), in config order."""
+    spec = DATASETS[dataset]
+    agnostic = spec.get("agnostic") or {}
+    names = [*spec["subjects"], *agnostic.get("train_subjects", []), *agnostic.get("test_subjects", [])]
+    return list(dict.fromkeys(names))
+
+
+def alternatives(names):
+    """A wildcard regex matching exactly ``names`` (none: a regex that matches nothing)."""
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+check_datasets()
+PARSED_DATASETS = [d for d in DATASETS if registry.has_parsed_xrays(d)]
+DOWNLOADED_DATASETS = [d for d in DATASETS if registry.info(d).downloaded]
+# Heavy rules request a GPU from the scheduler (resources: gpu=GPU) when the config asks for CUDA.
+GPU = 1 if config["device"] == "cuda" else 0
+
+
 wildcard_constraints:
-    dataset="|".join(config["datasets"]),
-    subject=r"[A-Za-z0-9_.-]+",
-    method="|".join(IMPLEMENTED) if IMPLEMENTED else "none",
+    dataset=alternatives(DATASETS),
+    subject=registry.SUBJECT_PATTERN,
+    method="|".join(sorted(IMPLEMENTED)),
 
 
 def settings(*sections):
@@ -40,7 +93,15 @@ def settings(*sections):
 
 def method_sections(method):
     """Config sections of a method's own settings (so editing one reruns only that method)."""
-    return [method] if method in config else []
+    sections = ["similarity"] if method in VARIANTS else []
+    return sections + ([method] if method in config else [])
+
+
+def similarity_model(wildcards):
+    """The trained similarity model a learned-similarity method registers with (else none)."""
+    if wildcards.method not in VARIANTS:
+        return []
+    return f"{subject_dir(wildcards.dataset, wildcards.subject)}/models/similarity-{wildcards.method}.pt"
 
 
 def subject_dir(dataset, subject):
@@ -59,8 +120,18 @@ def trajectory_csvs():
     ]
 
 
-TABLE_STEMS = ["table1"]
-FIGURE_STEMS = ["mtre_distribution", "convergence", "qualitative"]
+TABLE_STEMS = ["table1", "table3"]
+# LM vs Adam vs gradient descent on ours-so4 (paper's Figure 4, right), when ours-so4 runs.
+OPTIMIZER_STUDY = "ours-so4" in RUN_METHODS
+FIGURE_STEMS = ["mtre_distribution", "convergence", "qualitative"] + (
+    ["optimizers"] if OPTIMIZER_STUDY else []
+)
+
+
+def optimizer_studies():
+    if not OPTIMIZER_STUDY:
+        return []
+    return [f"{subject_dir(d, s)}/runs/optimizers.trajectory.csv" for d, s in SUBJECTS]
 
 
 def table_files():
@@ -72,4 +143,176 @@ def figure_files():
 
 
 def final_outputs():
-    return table_files() + figure_files()
+    return table_files() + figure_files() + generalization_files()
+
+
+# ---------------------------------------------------------------- data (download, parse, prepare)
+
+
+def dataset_settings(dataset, *sections):
+    """settings(*sections) plus the dataset's preparation keys (not its subject lists or pins)."""
+    blob = json.loads(settings(*sections))
+    spec = registry.preparation_settings(dataset, config["datasets"][dataset])
+    if registry.has_parsed_xrays(dataset):  # the X-ray rows after downsampling
+        spec["height"] = spec.get("height") or config["geometry"]["height"]
+    blob["datasets"] = {dataset: spec}
+    return json.dumps(blob, sort_keys=True)
+
+
+def raw_records(dataset, subject):
+    """The download records (.sha256) of the raw files a subject is prepared from."""
+    spec = config["datasets"][dataset]
+    return [
+        registry.record_path(f"{DATA}/{dataset}/{f}")
+        for f in registry.raw_files(dataset, subject, spec)
+    ]
+
+
+def source_path(dataset, subject):
+    return registry.source_path(dataset, subject, config["datasets"][dataset], DATA)
+
+
+def download_settings(dataset, file):
+    """The checksum pins (and dataset revision) of one raw file; editing them re-verifies it."""
+    spec = config["datasets"][dataset]
+    pins = spec.get("sha256")
+    pin = pins.get(file) if isinstance(pins, dict) else pins
+    download = {"sha256": pin, "archive_sha256": spec.get("archive_sha256")}
+    if "revision" in spec:
+        download["revision"] = spec["revision"]
+    return json.dumps({"threads": 1, "download": download}, sort_keys=True)
+
+
+def parse_inputs(wildcards):
+    """What `parse` reads: the HDF5 file's download record, or the custom folder's files."""
+    if wildcards.dataset == "custom":
+        return registry.custom_files(source_path(wildcards.dataset, wildcards.subject))
+    return raw_records(wildcards.dataset, wildcards.subject)
+
+
+def parsed_dir(dataset, subject):
+    return f"{subject_dir(dataset, subject)}/parsed"
+
+
+def prepare_inputs(wildcards):
+    """Per dataset: the parsed files (real X-rays), the raw files' records, or nothing."""
+    d, s = wildcards.dataset, wildcards.subject
+    if registry.has_parsed_xrays(d):
+        return [f"{parsed_dir(d, s)}/{name}" for name in registry.PREPARED_FILES]
+    return raw_records(d, s)
+
+
+def prepare_args(wildcards):
+    """Command-line options of `regbench prepare` that depend on the dataset."""
+    d, s = wildcards.dataset, wildcards.subject
+    if registry.has_parsed_xrays(d):
+        return f"--parsed {shlex.quote(parsed_dir(d, s))}"
+    if registry.info(d).downloaded:
+        return f"--source {shlex.quote(source_path(d, s))}"
+    return ""
+
+
+def prepare_settings(wildcards):
+    if registry.has_parsed_xrays(wildcards.dataset):
+        return settings()  # a copy of the parse output
+    return dataset_settings(wildcards.dataset, "geometry")
+
+
+def simulate_inputs(wildcards):
+    """The prepared subject, plus the parsed X-rays for datasets with real ones."""
+    d, s = wildcards.dataset, wildcards.subject
+    prepared = f"{subject_dir(d, s)}/prepared"
+    inputs = {name.split(".")[0]: f"{prepared}/{name}" for name in registry.PREPARED_FILES}
+    if registry.has_parsed_xrays(d):
+        inputs.update(parsed_xrays=f"{parsed_dir(d, s)}/xrays.pt")
+        inputs.update(parsed_index=f"{parsed_dir(d, s)}/index.csv")
+    return inputs
+
+
+def simulate_settings(wildcards):
+    """Rendering settings for simulated X-rays; none for installed real ones."""
+    d = wildcards.dataset
+    if registry.has_parsed_xrays(d):
+        return settings()
+    blob = json.loads(settings("prior", "render", "simulate"))
+    n_xrays = config["datasets"][d].get("n_xrays")
+    if n_xrays:
+        blob["datasets"] = {d: {"n_xrays": n_xrays}}
+    return json.dumps(blob, sort_keys=True)
+
+
+def simulate_args(wildcards):
+    d, s = wildcards.dataset, wildcards.subject
+    return f"--parsed {shlex.quote(parsed_dir(d, s))}" if registry.has_parsed_xrays(d) else ""
+
+
+# ---------------------------------------------------------------- patient-agnostic scenario
+
+
+def agnostic_dir(dataset):
+    return f"{R}/_agnostic/{dataset}"
+
+
+def agnostic_methods(dataset):
+    """Methods registered in a dataset's agnostic scenario.
+
+    Learned-similarity methods are left out until their models can be trained on several
+    subjects (a patient-agnostic similarity trainer); their table rows say "not implemented".
+    """
+    listed = AGNOSTIC[dataset]["methods"] or config["methods"]
+    return [m for m in listed if m in IMPLEMENTED and m not in VARIANTS]
+
+
+def agnostic_table_methods():
+    """Rows of Table 2: every method configured for an agnostic scenario, in config order."""
+    listed = [m for a in AGNOSTIC.values() for m in (a["methods"] or config["methods"])]
+    return list(dict.fromkeys(listed))
+
+
+def agnostic_train_inputs(wildcards):
+    """The prepared training subjects of a dataset's agnostic model."""
+    return [
+        f"{subject_dir(wildcards.dataset, s)}/prepared/{name}"
+        for s in AGNOSTIC[wildcards.dataset]["train_subjects"]
+        for name in ("ct.nii.gz", "landmarks.csv", "geometry.json")
+    ]
+
+
+def agnostic_train_dirs(wildcards):
+    return " ".join(
+        shlex.quote(f"{subject_dir(wildcards.dataset, s)}/prepared")
+        for s in AGNOSTIC[wildcards.dataset]["train_subjects"]
+    )
+
+
+def agnostic_similarity_model(wildcards):
+    """The agnostic similarity model of a learned-similarity method (none for the others)."""
+    if wildcards.method not in VARIANTS:
+        return []
+    return f"{agnostic_dir(wildcards.dataset)}/models/similarity-{wildcards.method}.pt"
+
+
+def agnostic_run_csvs():
+    return [
+        f"{agnostic_dir(d)}/{s}/runs/{m}.csv" for d, s in AGNOSTIC_SUBJECTS for m in agnostic_methods(d)
+    ]
+
+
+def generalization_settings():
+    blob = json.loads(settings("evaluation"))
+    blob["methods"] = agnostic_table_methods()
+    return json.dumps(blob, sort_keys=True)
+
+
+def generalization_files():
+    """Table 2, when some dataset has an agnostic scenario."""
+    return [f"{R}/tables/table2.{ext}" for ext in ("csv", "md", "tex")] if AGNOSTIC else []
+
+
+def report_generalization_tables():
+    """generalization_files(), flagged for the report like report_tables() (report_common.smk)."""
+    flagged = []
+    for path in generalization_files():
+        labels = {"table": "Table 2", "format": os.path.splitext(path)[1].lstrip(".")}
+        flagged.append(flag_report(path, "table2", "Table 2", None, labels))
+    return flagged

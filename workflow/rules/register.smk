@@ -6,6 +6,7 @@ rule register:
         xrays=rules.simulate.output.xrays,
         index=rules.simulate.output.index,
         regressor=rules.train_regressor.output.model,
+        similarity=similarity_model,
     output:
         runs=f"{R}/{{dataset}}/{{subject}}/runs/{{method}}.csv",
         trajectory=f"{R}/{{dataset}}/{{subject}}/runs/{{method}}.trajectory.csv",
@@ -16,6 +17,7 @@ rule register:
         ),
         prepared=lambda w, input: os.path.dirname(input.ct),
         xrays=lambda w, input: os.path.dirname(input.xrays),
+        similarity=lambda w, input: f"--similarity {input.similarity}" if input.similarity else "",
     threads: 1
     log:
         f"{R}/logs/register/{{dataset}}/{{subject}}/{{method}}.log",
@@ -28,5 +30,35 @@ rule register:
         "../../envs/regbench.yaml"
     shell:
         "python -m regbench register --method {wildcards.method} --prepared {params.prepared}"
-        " --xrays {params.xrays} --regressor {input.regressor} --settings {params.settings:q}"
+        " --xrays {params.xrays} --regressor {input.regressor} {params.similarity}"
+        " --settings {params.settings:q}"
         " --out {output.runs} --trajectory {output.trajectory} --threads {threads} 2> {log}"
+
+
+rule optimizer_study:
+    input:
+        ct=rules.prepare.output.ct,
+        xrays=rules.simulate.output.xrays,
+        index=rules.simulate.output.index,
+        regressor=rules.train_regressor.output.model,
+        similarity=f"{R}/{{dataset}}/{{subject}}/models/similarity-ours-so4.pt",
+    output:
+        f"{R}/{{dataset}}/{{subject}}/runs/optimizers.trajectory.csv",
+    params:
+        settings=lambda w: settings("prior", "render", "regressor", "geometry", "similarity"),
+        prepared=lambda w, input: os.path.dirname(input.ct),
+        xrays=lambda w, input: os.path.dirname(input.xrays),
+    threads: 1
+    log:
+        f"{R}/logs/optimizer_study/{{dataset}}/{{subject}}.log",
+    benchmark:
+        f"{R}/benchmarks/optimizer_study/{{dataset}}/{{subject}}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        "../../envs/regbench.yaml"
+    shell:
+        "python -m regbench optimizer-study --prepared {params.prepared} --xrays {params.xrays}"
+        " --regressor {input.regressor} --similarity {input.similarity}"
+        " --settings {params.settings:q} --out {output} --threads {threads} 2> {log}"

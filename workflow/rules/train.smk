@@ -22,3 +22,30 @@ rule train_regressor:
         "python -m regbench train-regressor --dataset {wildcards.dataset} --subject {wildcards.subject}"
         " --prepared {params.prepared} --settings {params.settings:q}"
         " --out {output.model} --log-csv {output.log_csv} --threads {threads} 2> {log}"
+
+
+rule train_similarity:
+    input:
+        **rules.prepare.output,
+    output:
+        model=f"{R}/{{dataset}}/{{subject}}/models/similarity-{{method}}.pt",
+        log_csv=f"{R}/{{dataset}}/{{subject}}/models/similarity-{{method}}.log.csv",
+        snapshot=f"{R}/{{dataset}}/{{subject}}/models/similarity-{{method}}.config.json",
+    params:
+        settings=lambda w: settings("prior", "render", "similarity", "geometry"),
+        prepared=lambda w, input: os.path.dirname(input.ct),
+    threads: 1
+    log:
+        f"{R}/logs/train_similarity/{{dataset}}/{{subject}}/{{method}}.log",
+    benchmark:
+        f"{R}/benchmarks/train_similarity/{{dataset}}/{{subject}}/{{method}}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../../envs/regbench.yaml"
+    shell:
+        "python -m regbench train-similarity --dataset {wildcards.dataset}"
+        " --subject {wildcards.subject} --variant {wildcards.method}"
+        " --prepared {params.prepared} --settings {params.settings:q}"
+        " --out {output.model} --log-csv {output.log_csv} --threads {threads} 2> {log}"

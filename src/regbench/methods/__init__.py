@@ -1,18 +1,24 @@
-"""Registry of registration methods, in the order of the paper's tables."""
+"""Registry of registration methods, in the order of the paper's tables.
+
+Method classes are imported when a method is built, so reading the registry (the Snakefile
+does) stays cheap.
+"""
 
 from __future__ import annotations
 
+from importlib import import_module
+
 from regbench.errors import InputError
 from regbench.methods.base import Context, Method
-from regbench.methods.bobyqa import Bobyqa
-from regbench.methods.diffpose import DiffPose
-from regbench.methods.posenet import PoseNet
+from regbench.models.variants import VARIANTS
 
-IMPLEMENTED: dict[str, type[Method]] = {
-    "posenet": PoseNet,
-    "diffpose": DiffPose,
-    "bobyqa": Bobyqa,
+_CLASSES: dict[str, str] = {
+    "posenet": "regbench.methods.posenet:PoseNet",
+    "diffpose": "regbench.methods.diffpose:DiffPose",
+    "bobyqa": "regbench.methods.bobyqa:Bobyqa",
+    **{name: "regbench.methods.learned:LearnedSimilarity" for name in VARIANTS},
 }
+IMPLEMENTED: frozenset[str] = frozenset(_CLASSES)
 
 # Every method of the paper's tables; those not in IMPLEMENTED get a "not implemented" row.
 ALL_METHODS: tuple[str, ...] = (
@@ -47,6 +53,15 @@ def check_method(name: str) -> None:
         raise UnknownMethodError(f"method '{name}' is not implemented yet")
 
 
+def needs_similarity(name: str) -> bool:
+    """Whether a method registers on a learned similarity (a trained model per variant)."""
+    return name in VARIANTS
+
+
 def build_method(name: str, context: Context) -> Method:
     check_method(name)
-    return IMPLEMENTED[name](context)
+    module, cls = _CLASSES[name].split(":")
+    method_class = getattr(import_module(module), cls)
+    if needs_similarity(name):
+        return method_class(context, name)
+    return method_class(context)

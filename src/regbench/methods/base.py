@@ -20,6 +20,8 @@ class Context:
     n_points: int
     settings: dict
     border_px: int = 0  # collimator border of the X-rays, excluded from image comparisons
+    similarity: torch.nn.Module | None = None  # trained learned-similarity model, if any
+    similarity_setup: object | None = None  # its SimilarityGeometry for this subject
 
 
 @dataclass

@@ -42,3 +42,60 @@ def load_checkpoint(path: str | Path, settings: dict | None = None) -> dict[str,
 
 def save_checkpoint(blob: dict[str, Any], settings: dict, path: str | Path) -> None:
     save_torch({**blob, "fingerprint": fingerprint(settings), "settings": settings}, path)
+
+
+class TrainingState:
+    """Model, optimiser, scheduler and sampling generator of a resumable training loop.
+
+    ``resume`` restores them from the ``.partial`` file if one made under the same settings
+    exists (a foreign one is discarded); ``save`` writes one; ``finish`` writes the final
+    checkpoint and removes the partial one.
+    """
+
+    def __init__(self, model, optimizer, scheduler, generator: torch.Generator, settings: dict):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.generator, self.settings = generator, settings
+        self.rows: list[dict] = []
+        self.step = 0
+
+    def resume(self, partial: Path, log) -> float:
+        """Returns the training seconds already spent."""
+        if not partial.exists():
+            return 0.0
+        try:
+            state = load_checkpoint(partial, self.settings)
+        except InputError as exc:
+            log.warning("ignoring resumable state: %s", exc)
+            partial.unlink()
+            return 0.0
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.rows, self.step = state["rows"], state["step"]
+        log.info("resuming training at step %d from %s", self.step, partial)
+        return self.rows[-1]["seconds"] if self.rows else 0.0
+
+    def save(self, partial: Path) -> None:
+        state = {
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "rows": self.rows,
+            "step": self.step,
+        }
+        save_checkpoint(state, self.settings, partial)
+
+    def finish(self, out: Path, log_csv: Path, extra: dict) -> None:
+        import pandas as pd
+
+        from regbench.io import write_csv, write_json
+
+        self.model.eval()
+        save_checkpoint({"state_dict": self.model.state_dict(), **extra}, self.settings, out)
+        write_csv(pd.DataFrame(self.rows, columns=["step", "loss", "seconds"]), log_csv)
+        write_json(self.settings, out.with_suffix(".config.json"))
+        partial = out.with_suffix(".partial")
+        if partial.exists():
+            partial.unlink()

@@ -6,18 +6,16 @@ import logging
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 from tqdm import tqdm
 
 from regbench.errors import InputError
 from regbench.geometry.poses import carm_pose
 from regbench.geometry.priors import PosePrior
-from regbench.io import write_csv, write_json
 from regbench.models.regressor import PoseRegressor
 from regbench.render import Prepared, make_drr, render
 from regbench.train.augment import augment
-from regbench.train.checkpoint import load_checkpoint, save_checkpoint
+from regbench.train.checkpoint import TrainingState, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -57,28 +55,11 @@ def train_regressor(
         model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"]
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["steps"])
-    rows: list[dict] = []
-    start_step, elapsed0 = 0, 0.0
-
+    state = TrainingState(model, optimizer, scheduler, generator, fp_settings)
     partial = out.with_suffix(".partial")
-    if partial.exists():
-        try:
-            state = load_checkpoint(partial, fp_settings)
-        except InputError as exc:
-            log.warning("ignoring resumable state: %s", exc)
-            partial.unlink()
-        else:
-            model.load_state_dict(state["state_dict"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            generator.set_state(state["generator"])
-            rows, start_step = state["rows"], state["step"]
-            elapsed0 = rows[-1]["seconds"] if rows else 0.0
-            log.info("resuming regressor training at step %d from %s", start_step, partial)
-
-    t0 = time.perf_counter() - elapsed0
+    t0 = time.perf_counter() - state.resume(partial, log)
     model.train()
-    for step in tqdm(range(start_step, cfg["steps"]), desc="regressor", mininterval=5):
+    for step in tqdm(range(state.step, cfg["steps"]), desc="regressor", mininterval=5):
         rot, trans = train_prior.sample_params(cfg["batch_size"], generator)
         with torch.no_grad():
             images = augment(render(drr, carm_pose(rot, trans), n_points).cpu(), generator)
@@ -88,29 +69,14 @@ def train_regressor(
         loss.backward()
         optimizer.step()
         scheduler.step()
-        rows.append({"step": step + 1, "loss": loss.item(), "seconds": time.perf_counter() - t0})
-        if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < cfg["steps"]:
-            state = {
-                "state_dict": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                "rows": rows,
-                "step": step + 1,
-            }
-            save_checkpoint(state, fp_settings, partial)
-            log.info("step %d loss %.4f", step + 1, loss.item())
-
-    model.eval()
-    save_checkpoint(
-        {"state_dict": model.state_dict(), "backbone": cfg["backbone"], "steps": cfg["steps"]},
-        fp_settings,
-        out,
-    )
-    write_csv(pd.DataFrame(rows, columns=["step", "loss", "seconds"]), log_csv)
-    write_json(fp_settings, out.with_suffix(".config.json"))
-    if partial.exists():
-        partial.unlink()
+        state.step = step + 1
+        state.rows.append(
+            {"step": step + 1, "loss": loss.item(), "seconds": time.perf_counter() - t0}
+        )
+        if state.step % cfg["checkpoint_every"] == 0 and state.step < cfg["steps"]:
+            state.save(partial)
+            log.info("step %d loss %.4f", state.step, loss.item())
+    state.finish(out, log_csv, {"backbone": cfg["backbone"], "steps": cfg["steps"]})
     return model
 
 

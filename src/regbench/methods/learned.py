@@ -1,0 +1,148 @@
+"""Registration on a learned similarity: the paper's method, its ablations and ProST.
+
+``lm`` variants (ours-*, abl-*) minimise ``1/2 |r|^2`` with Levenberg-Marquardt, r the latent
+residual between the X-ray and DRR-feature embeddings (its norm is the learned distance).
+ProST descends the learned distance with SGD, then polishes on diffdrr's gradient NCC.
+Optional ``polish`` (config ``similarity.polish_iterations``) continues every variant with
+Levenberg-Marquardt on a multiscale-NCC pixel residual; it is off by default and stated in the
+tables' config snapshot when used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffdrr.metrics import GradientNormalizedCrossCorrelation2d
+
+from regbench.geometry.poses import carm_params, carm_pose, perturb
+from regbench.methods.base import Method, Trace
+from regbench.methods.similarity import BorderedSimilarity
+from regbench.models.similarity import resize_images
+from regbench.models.variants import VARIANTS
+from regbench.optim.lm import levenberg_marquardt, pose_residual
+from regbench.render import render
+
+
+class LearnedSimilarity(Method):
+    def __init__(self, context, name: str):
+        super().__init__(context)
+        self.name = name
+        self.variant = VARIANTS[name]
+        self.model = context.similarity
+        self.setup = context.similarity_setup
+        with torch.no_grad():
+            self.features = self.model.features(self.setup.density)
+
+    def refine(
+        self, image: torch.Tensor, init: torch.Tensor, trace: Trace
+    ) -> tuple[torch.Tensor, int]:
+        residual = self.residual_fn(image)
+        if self.variant.refiner == "prost":
+            return self._prost(residual, init, image, trace)
+        return self._lm(residual, init, trace)
+
+    def residual_fn(self, image: torch.Tensor):
+        """``pose (N,4,4) -> (N,D)`` latent residual of this X-ray (its norm: the distance)."""
+        setup, model = self.setup, self.model
+        small = resize_images(image.to(self.features.device), setup.height, setup.width)
+        with torch.no_grad():
+            e_x = model.embed_xray(small)
+
+        def residual(pose: torch.Tensor) -> torch.Tensor:
+            e_d = model.embed_drr(setup.projector, self.features, pose, setup.n_points)
+            return model.residual(e_x.expand(len(pose), -1), e_d).double()
+
+        return residual
+
+    def first_order(
+        self, image: torch.Tensor, init: torch.Tensor, optimizer: str, iterations: int, trace: Trace
+    ) -> torch.Tensor:
+        """Gradient descent or Adam on ``1/2 |r|^2`` over ``xi`` (pose = init @ exp(xi)), the
+        first-order baselines of the optimiser comparison (paper's Figure 4, right)."""
+        cfg = self.context.settings["similarity"]
+        residual = self.residual_fn(image)
+        omega = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
+        v = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
+        groups = [
+            {"params": [omega], "lr": cfg["first_order_lr_rotation"]},
+            {"params": [v], "lr": cfg["first_order_lr_translation"]},
+        ]
+        opt = torch.optim.Adam(groups) if optimizer == "adam" else torch.optim.SGD(groups)
+        pose = init.double()[None]
+        for iteration in range(1, iterations + 1):
+            cost = (
+                0.5 * (residual(perturb(init.double()[None], torch.cat([omega, v], -1))) ** 2).sum()
+            )
+            opt.zero_grad()
+            cost.backward()
+            opt.step()
+            pose = perturb(init.double()[None], torch.cat([omega, v], -1).detach())
+            trace.record(iteration, pose[0])
+        return pose[0]
+
+    def _lm(self, residual, init: torch.Tensor, trace: Trace) -> tuple[torch.Tensor, int]:
+        cfg = self.context.settings["similarity"]
+        L = self.setup.characteristic_length
+
+        def record(iteration, pose, cost, lam):
+            trace.record(int(iteration), pose[0])
+
+        result = levenberg_marquardt(
+            pose_residual(residual),
+            init.double(),
+            jacobian=cfg["lm_jacobian"],
+            max_iterations=cfg["lm_iterations"],
+            scale=torch.tensor([L, L, L, 1.0, 1.0, 1.0], dtype=torch.float64),
+            step_tol=cfg["lm_step_tol_mm"],
+            callback=record,
+        )
+        return result.pose.detach(), int(result.iterations)
+
+    def _prost(
+        self, residual, init: torch.Tensor, image: torch.Tensor, trace: Trace
+    ) -> tuple[torch.Tensor, int]:
+        """SGD on the learned distance, then Adam on diffdrr's gradient NCC (Gao et al.)."""
+        cfg = self.context.settings["prost"]
+        pose = init.double()[None]
+        for iteration in range(1, cfg["sgd_iterations"] + 1):
+            xi = torch.zeros(1, 6, dtype=torch.float64, requires_grad=True)
+            distance = 0.5 * (residual(perturb(pose, xi)) ** 2).sum()
+            (g,) = torch.autograd.grad(distance, xi)
+            # Training matched gradient directions only, so steps are normalised per part and
+            # their length decays geometrically.
+            decay = cfg["step_decay"] ** (iteration - 1)
+            rot = g[:, :3] / (g[:, :3].norm() + 1e-12) * math.radians(cfg["step_rotation_deg"])
+            trans = g[:, 3:] / (g[:, 3:].norm() + 1e-12) * cfg["step_translation_mm"]
+            pose = perturb(pose, -decay * torch.cat([rot, trans], dim=-1)).detach()
+            trace.record(iteration, pose[0])
+        return self._gradncc_polish(pose[0], image, trace, cfg["sgd_iterations"])
+
+    def _gradncc_polish(
+        self, pose: torch.Tensor, image: torch.Tensor, trace: Trace, done: int
+    ) -> tuple[torch.Tensor, int]:
+        cfg = self.context.settings["prost"]
+        drr = self.context.drr
+        metric = BorderedSimilarity(GradientNormalizedCrossCorrelation2d(), self.context.border_px)
+        target = image.to(drr.device)
+        rot0, trans0 = carm_params(pose[None].float())
+        rotation = rot0.clone().requires_grad_(True)
+        translation = trans0.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam(
+            [
+                {"params": [rotation], "lr": cfg["polish_lr_rotation"]},
+                {"params": [translation], "lr": cfg["polish_lr_translation"]},
+            ],
+            maximize=True,
+        )
+        best, best_pose = -float("inf"), pose
+        for iteration in range(1, cfg["polish_iterations"] + 1):
+            current = carm_pose(rotation, translation)
+            score = metric(render(drr, current, self.context.n_points), target).mean()
+            optimizer.zero_grad()
+            score.backward()
+            if score.item() > best:
+                best, best_pose = score.item(), current.detach()[0].double()
+            optimizer.step()
+            trace.record(done + iteration, best_pose)
+        return best_pose, done + cfg["polish_iterations"]
