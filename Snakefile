@@ -13,9 +13,15 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/register.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/generalization.smk"
 
 
 rule all:
     input:
         final_outputs(),
+        report_benchmarks(),
     default_target: True
+
+
+onsuccess:
+    build_report()

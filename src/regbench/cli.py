@@ -34,11 +34,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     s = _settings(args.settings)
     spec = _dataset_spec(s, args.dataset)
     if ds.has_parsed_xrays(args.dataset):
-        if not args.parsed:
-            raise InputError(f"dataset '{args.dataset}' is prepared from --parsed (parse output)")
-        ds.install(args.parsed, args.out, ds.PREPARED_FILES)
-        logging.info("installed the parsed CT of %s/%s", args.dataset, args.subject)
-        return
+        raise InputError(f"dataset '{args.dataset}' has real X-rays: use `regbench parse`")
     if args.dataset == "embedded":
         from regbench.data.embedded import prepare_embedded
 
@@ -74,8 +70,8 @@ def cmd_parse(args: argparse.Namespace) -> None:
     spec = _dataset_spec(s, args.dataset)
     height = spec.get("height") or s["geometry"]["height"]
     prepared, xrays = ds.parse_subject(args.dataset, args.subject, spec, args.source, height)
-    xrays.write(args.out)
-    prepared.write(args.out, xrays.geometry)
+    xrays.write(args.xrays)
+    prepared.write(args.prepared, xrays.geometry)
     logging.info(
         "parsed %s/%s: CT %s, %d landmarks, %d X-rays of %dx%d px",
         args.dataset,
@@ -89,25 +85,13 @@ def cmd_parse(args: argparse.Namespace) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from regbench.data import datasets as ds
+    from regbench.data.simulate import simulate_xrays
+    from regbench.geometry.priors import PosePrior
     from regbench.render import load_prepared
+    from regbench.seeding import derive_seed
 
     s = _settings(args.settings)
     prepared = load_prepared(args.prepared)
-    if ds.has_parsed_xrays(args.dataset):
-        from regbench.data.xrays import read_xrays
-
-        if not args.parsed:
-            raise InputError(f"dataset '{args.dataset}' takes its X-rays from --parsed")
-        n = len(read_xrays(args.parsed, prepared.geometry))  # checked before it is installed
-        ds.install(args.parsed, args.out, ds.XRAY_FILES)
-        logging.info("installed %d parsed X-rays of %s/%s", n, args.dataset, args.subject)
-        return
-
-    from regbench.data.simulate import simulate_xrays
-    from regbench.geometry.priors import PosePrior
-    from regbench.seeding import derive_seed
-
     n_xrays = _dataset_spec(s, args.dataset).get("n_xrays") or s["simulate"]["n_xrays"]
     seed = derive_seed(s["seed"], args.dataset, args.subject, "simulate")
     xrays = simulate_xrays(
@@ -182,6 +166,9 @@ def cmd_generalization_table(args: argparse.Namespace) -> None:
         n_boot=ev["n_bootstrap"],
         seed=s["seed"],
     )
+    # Implemented methods that have no patient-agnostic models yet: say so, not "not implemented".
+    pending = table["Method"].isin(s.get("pending", [])) & (table["Note"] == tables.NOT_IMPLEMENTED)
+    table.loc[pending, "Note"] = "no patient-agnostic model yet"
     tables.write_table(table, Path(args.out_dir) / "table2")
 
 
@@ -323,21 +310,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing-mm", type=float, default=6.0, help="CT voxel spacing (mm)")
     p.set_defaults(func=cmd_example_custom, settings="{}", threads=None)
 
-    p = stage("parse", cmd_parse, "read CT, landmarks and real X-rays of a subject")
+    p = stage("parse", cmd_parse, "read CT, landmarks and the real X-rays of a subject")
     subject_args(p)
     p.add_argument("--source", required=True, help="HDF5 file or custom folder")
-    p.add_argument("--out", required=True, help="parsed/ folder")
+    p.add_argument("--prepared", required=True, help="prepared/ folder to write")
+    p.add_argument("--xrays", required=True, help="xrays/ folder to write")
 
     p = stage("prepare", cmd_prepare, "CT preprocessing: resample, centre, landmarks")
     subject_args(p)
     p.add_argument("--source", help="raw data folder (ctspine1k)")
-    p.add_argument("--parsed", help="parsed/ folder (datasets with real X-rays)")
     p.add_argument("--out", required=True, help="prepared/ folder")
 
     p = stage("simulate", cmd_simulate, "render test X-rays with a domain gap")
     subject_args(p)
     p.add_argument("--prepared", required=True)
-    p.add_argument("--parsed", help="parsed/ folder (datasets with real X-rays)")
     p.add_argument("--out", required=True, help="xrays/ folder")
 
     p = stage(

@@ -74,6 +74,7 @@ def alternatives(names):
 
 check_datasets()
 PARSED_DATASETS = [d for d in DATASETS if registry.has_parsed_xrays(d)]
+SIMULATED_DATASETS = [d for d in DATASETS if not registry.has_parsed_xrays(d)]
 DOWNLOADED_DATASETS = [d for d in DATASETS if registry.info(d).downloaded]
 # Heavy rules request a GPU from the scheduler (resources: gpu=GPU) when the config asks for CUDA.
 GPU = 1 if config["device"] == "cuda" else 0
@@ -183,67 +184,27 @@ def download_settings(dataset, file):
     return json.dumps({"threads": 1, "download": download}, sort_keys=True)
 
 
-def parse_inputs(wildcards):
-    """What `parse` reads: the HDF5 file's download record, or the custom folder's files."""
-    if wildcards.dataset == "custom":
-        return registry.custom_files(source_path(wildcards.dataset, wildcards.subject))
-    return raw_records(wildcards.dataset, wildcards.subject)
-
-
-def parsed_dir(dataset, subject):
-    return f"{subject_dir(dataset, subject)}/parsed"
-
-
-def prepare_inputs(wildcards):
-    """Per dataset: the parsed files (real X-rays), the raw files' records, or nothing."""
+def raw_inputs(wildcards):
+    """What a subject is prepared from: raw files' download records, a custom folder's files."""
     d, s = wildcards.dataset, wildcards.subject
-    if registry.has_parsed_xrays(d):
-        return [f"{parsed_dir(d, s)}/{name}" for name in registry.PREPARED_FILES]
+    if d == "custom":
+        return registry.custom_files(source_path(d, s))
     return raw_records(d, s)
 
 
-def prepare_args(wildcards):
-    """Command-line options of `regbench prepare` that depend on the dataset."""
-    d, s = wildcards.dataset, wildcards.subject
-    if registry.has_parsed_xrays(d):
-        return f"--parsed {shlex.quote(parsed_dir(d, s))}"
-    if registry.info(d).downloaded:
-        return f"--source {shlex.quote(source_path(d, s))}"
-    return ""
-
-
-def prepare_settings(wildcards):
-    if registry.has_parsed_xrays(wildcards.dataset):
-        return settings()  # a copy of the parse output
-    return dataset_settings(wildcards.dataset, "geometry")
-
-
-def simulate_inputs(wildcards):
-    """The prepared subject, plus the parsed X-rays for datasets with real ones."""
-    d, s = wildcards.dataset, wildcards.subject
-    prepared = f"{subject_dir(d, s)}/prepared"
-    inputs = {name.split(".")[0]: f"{prepared}/{name}" for name in registry.PREPARED_FILES}
-    if registry.has_parsed_xrays(d):
-        inputs.update(parsed_xrays=f"{parsed_dir(d, s)}/xrays.pt")
-        inputs.update(parsed_index=f"{parsed_dir(d, s)}/index.csv")
-    return inputs
+def source_option(wildcards):
+    """`--source` of `regbench prepare` for datasets prepared from downloaded files."""
+    d = wildcards.dataset
+    return f"--source {shlex.quote(source_path(d, wildcards.subject))}" if d in DOWNLOADED_DATASETS else ""
 
 
 def simulate_settings(wildcards):
-    """Rendering settings for simulated X-rays; none for installed real ones."""
-    d = wildcards.dataset
-    if registry.has_parsed_xrays(d):
-        return settings()
+    """Rendering settings, plus the dataset's own number of X-rays when it sets one."""
     blob = json.loads(settings("prior", "render", "simulate"))
-    n_xrays = config["datasets"][d].get("n_xrays")
+    n_xrays = config["datasets"][wildcards.dataset].get("n_xrays")
     if n_xrays:
-        blob["datasets"] = {d: {"n_xrays": n_xrays}}
+        blob["datasets"] = {wildcards.dataset: {"n_xrays": n_xrays}}
     return json.dumps(blob, sort_keys=True)
-
-
-def simulate_args(wildcards):
-    d, s = wildcards.dataset, wildcards.subject
-    return f"--parsed {shlex.quote(parsed_dir(d, s))}" if registry.has_parsed_xrays(d) else ""
 
 
 # ---------------------------------------------------------------- patient-agnostic scenario
@@ -299,8 +260,11 @@ def agnostic_run_csvs():
 
 
 def generalization_settings():
+    """Table 2's settings: its rows, and the implemented methods not run without agnostic models."""
     blob = json.loads(settings("evaluation"))
     blob["methods"] = agnostic_table_methods()
+    run = {m for d in AGNOSTIC for m in agnostic_methods(d)}
+    blob["pending"] = [m for m in blob["methods"] if m in IMPLEMENTED and m not in run]
     return json.dumps(blob, sort_keys=True)
 
 

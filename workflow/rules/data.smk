@@ -1,12 +1,48 @@
+# Data: download -> prepare -> simulate for datasets with simulated X-rays, download -> parse for
+# datasets with real ones. Either way a subject ends with {dataset}/{subject}/prepared/ and
+# {dataset}/{subject}/xrays/, so the later rules never depend on the dataset (each of those files
+# has exactly one producer: the rules' dataset constraints do not overlap).
+
+
+localrules:
+    download,
+
+
+rule download:
+    output:
+        # The record written after the file is downloaded and verified, or after a file put there
+        # by hand is hashed (and checked against a pinned digest): the file itself is never an
+        # output, so Snakemake never deletes a user's copy.
+        record=f"{DATA}/{{dataset}}/{{file}}.sha256",
+    params:
+        settings=lambda w: download_settings(w.dataset, w.file),
+        root=lambda w: f"{DATA}/{w.dataset}",
+    wildcard_constraints:
+        dataset=alternatives(DOWNLOADED_DATASETS),
+        file=r"[^/]+\.h5|(volumes|labels)/[^/]+\.nii\.gz",
+    log:
+        f"{R}/logs/download/{{dataset}}/{{file}}.log",
+    conda:
+        "../../envs/regbench.yaml"
+    shell:
+        "python -m regbench download --dataset {wildcards.dataset} --file {wildcards.file:q}"
+        " --root {params.root:q} --settings {params.settings:q} 2> {log}"
+
+
 rule prepare:
+    input:
+        raw_inputs,
     output:
         ct=f"{R}/{{dataset}}/{{subject}}/prepared/ct.nii.gz",
         mask=f"{R}/{{dataset}}/{{subject}}/prepared/mask.nii.gz",
         landmarks=f"{R}/{{dataset}}/{{subject}}/prepared/landmarks.csv",
         geometry=f"{R}/{{dataset}}/{{subject}}/prepared/geometry.json",
     params:
-        settings=lambda w: settings("datasets", "geometry"),
+        settings=lambda w: dataset_settings(w.dataset, "geometry"),
+        source=source_option,
         out=lambda w, output: os.path.dirname(output.ct),
+    wildcard_constraints:
+        dataset=alternatives(SIMULATED_DATASETS),
     log:
         f"{R}/logs/prepare/{{dataset}}/{{subject}}.log",
     benchmark:
@@ -18,7 +54,7 @@ rule prepare:
         "../../envs/regbench.yaml"
     shell:
         "python -m regbench prepare --dataset {wildcards.dataset} --subject {wildcards.subject}"
-        " --settings {params.settings:q} --out {params.out} 2> {log}"
+        " {params.source} --settings {params.settings:q} --out {params.out} 2> {log}"
 
 
 rule simulate:
@@ -28,9 +64,11 @@ rule simulate:
         xrays=f"{R}/{{dataset}}/{{subject}}/xrays/xrays.pt",
         index=f"{R}/{{dataset}}/{{subject}}/xrays/index.csv",
     params:
-        settings=lambda w: settings("prior", "render", "simulate"),
+        settings=simulate_settings,
         prepared=lambda w, input: os.path.dirname(input.ct),
         out=lambda w, output: os.path.dirname(output.xrays),
+    wildcard_constraints:
+        dataset=alternatives(SIMULATED_DATASETS),
     log:
         f"{R}/logs/simulate/{{dataset}}/{{subject}}.log",
     benchmark:
@@ -43,3 +81,37 @@ rule simulate:
     shell:
         "python -m regbench simulate --dataset {wildcards.dataset} --subject {wildcards.subject}"
         " --prepared {params.prepared} --settings {params.settings:q} --out {params.out} 2> {log}"
+
+
+# Real X-rays: CT, landmarks and X-rays with their ground truth come out of one reader (DeepFluoro,
+# Ljubljana, custom), which writes the same prepared/ and xrays/ files as prepare and simulate.
+rule parse:
+    input:
+        raw_inputs,
+    output:
+        ct=f"{R}/{{dataset}}/{{subject}}/prepared/ct.nii.gz",
+        mask=f"{R}/{{dataset}}/{{subject}}/prepared/mask.nii.gz",
+        landmarks=f"{R}/{{dataset}}/{{subject}}/prepared/landmarks.csv",
+        geometry=f"{R}/{{dataset}}/{{subject}}/prepared/geometry.json",
+        xrays=f"{R}/{{dataset}}/{{subject}}/xrays/xrays.pt",
+        index=f"{R}/{{dataset}}/{{subject}}/xrays/index.csv",
+    params:
+        settings=lambda w: dataset_settings(w.dataset),
+        source=lambda w: source_path(w.dataset, w.subject),
+        prepared=lambda w, output: os.path.dirname(output.ct),
+        xrays=lambda w, output: os.path.dirname(output.xrays),
+    wildcard_constraints:
+        dataset=alternatives(PARSED_DATASETS),
+    log:
+        f"{R}/logs/parse/{{dataset}}/{{subject}}.log",
+    benchmark:
+        f"{R}/benchmarks/parse/{{dataset}}/{{subject}}.tsv"
+    resources:
+        mem_mb=12000,
+        runtime=30,
+    conda:
+        "../../envs/regbench.yaml"
+    shell:
+        "python -m regbench parse --dataset {wildcards.dataset} --subject {wildcards.subject}"
+        " --source {params.source:q} --settings {params.settings:q}"
+        " --prepared {params.prepared} --xrays {params.xrays} 2> {log}"

@@ -26,6 +26,7 @@ rule register:
     resources:
         mem_mb=4000,
         runtime=240,
+        gpu=GPU,
     conda:
         "../../envs/regbench.yaml"
     shell:

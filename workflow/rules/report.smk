@@ -1,8 +1,20 @@
+# Tables, figures and the HTML report (`snakemake --report`). Every table and figure is flagged
+# with report() and an RST caption from workflow/report/; the run-time benchmarks are flagged as
+# inputs of rule all when the report is built (report_benchmarks()); a successful default run
+# ends with build_report() (the Snakefile's onsuccess), so a finished run has results/report.html.
+
+
+include: "report_common.smk"
+
+
+report: "../report/workflow.rst"
+
+
 rule tables:
     input:
         run_csvs(),
     output:
-        table_files(),
+        report_tables(),
     params:
         settings=lambda w: settings("methods", "evaluation"),
         out=lambda w, output: os.path.dirname(output[0]),
@@ -20,8 +32,9 @@ rule figures:
         runs=run_csvs(),
         trajectories=trajectory_csvs(),
         xrays=[f"{subject_dir(d, s)}/xrays/index.csv" for d, s in SUBJECTS],
+        optimizers=optimizer_studies(),
     output:
-        figure_files(),
+        report_figures(),
     params:
         settings=lambda w: settings("methods", "evaluation", "render"),
         out=lambda w, output: os.path.dirname(output[0]),
@@ -32,5 +45,6 @@ rule figures:
     conda:
         "../../envs/regbench.yaml"
     shell:
-        "python -m regbench figures --runs {input.runs} --settings {params.settings:q}"
+        "python -m regbench figures --runs {input.runs} --optimizer-studies {input.optimizers}"
+        " --settings {params.settings:q}"
         " --out-dir {params.out} 2> {log}"

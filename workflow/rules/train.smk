@@ -5,6 +5,8 @@ rule train_regressor:
         model=f"{R}/{{dataset}}/{{subject}}/models/regressor.pt",
         log_csv=f"{R}/{{dataset}}/{{subject}}/models/regressor.log.csv",
         snapshot=f"{R}/{{dataset}}/{{subject}}/models/regressor.config.json",
+    # Every registration waits for it: start it before the similarity models.
+    priority: 10
     params:
         settings=lambda w: settings("prior", "render", "regressor", "geometry"),
         prepared=lambda w, input: os.path.dirname(input.ct),
@@ -16,6 +18,7 @@ rule train_regressor:
     resources:
         mem_mb=6000,
         runtime=240,
+        gpu=GPU,
     conda:
         "../../envs/regbench.yaml"
     shell:
@@ -42,6 +45,7 @@ rule train_similarity:
     resources:
         mem_mb=8000,
         runtime=240,
+        gpu=GPU,
     conda:
         "../../envs/regbench.yaml"
     shell:

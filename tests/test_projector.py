@@ -1,0 +1,292 @@
+"""The gather-based feature projector: diffdrr's geometry, exact pose derivatives, double backward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from diffdrr.pose import RigidTransform
+
+from regbench.geometry.poses import carm_pose, se3_exp
+from regbench.projector import FeatureProjector
+from regbench.render import Prepared, make_drr, render
+
+N_POINTS = 24
+
+
+def poses(*rows: tuple[float, ...]) -> torch.Tensor:
+    """C-arm poses from (rx, ry, rz [rad], tx, ty, tz [mm]) rows, float64."""
+    p = torch.tensor(rows, dtype=torch.float64)
+    return carm_pose(p[:, :3], p[:, 3:])
+
+
+POSES = poses((0.0, 0.0, 0.0, 0.0, 850.0, 0.0), (0.15, -0.1, 0.2, 12.0, 820.0, -9.0))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: on a shared 2-core machine, threading costs more than it saves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[FeatureProjector, torch.Tensor]:
+    """A 16x16 detector over a smooth positive 10x12x9 volume (10 mm voxels), float64."""
+    shape = (10, 12, 9)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    ct = 400 * np.exp(-2 * (grid**2).sum(0)) * (1.2 + np.sin(3 * grid[0]) * np.cos(2 * grid[2]))
+    affine = np.diag([10.0, 10.0, 10.0, 1.0])
+    affine[:3, 3] = -5.0 * (np.array(shape) - 1)  # centred on the isocentre
+    geometry = {
+        "sdd": 1020.0,
+        "height": 16,
+        "width": 16,
+        "delx": 12.0,
+        "dely": 12.0,
+        "x0": 0.0,
+        "y0": 0.0,
+        "reverse_x_axis": True,
+        "orientation": "AP",
+    }
+    prepared = Prepared(ct.astype(np.float32), affine, pd.DataFrame(), geometry)
+    drr = make_drr(prepared, bone_attenuation=1.0)
+    return FeatureProjector.from_drr(drr), drr.density.double()
+
+
+def central_difference(fn, xi_dim: int = 6, h_rot: float = 1e-8, h_trans: float = 1e-6):
+    """Columns d fn(xi) / d xi_k at 0 by central differences (tiny steps: the trilinear
+    interpolant has kinks at voxel planes, which larger steps straddle)."""
+    cols = []
+    for k in range(xi_dim):
+        h = h_rot if k < 3 else h_trans
+        e = torch.zeros(xi_dim, dtype=torch.float64)
+        e[k] = h
+        cols.append((fn(e) - fn(-e)) / (2 * h))
+    return torch.stack(cols, dim=-1)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_matches_diffdrr_trilinear_on_the_prepared_ct(prepared):
+    drr = make_drr(prepared, bone_attenuation=1.0)
+    projector = FeatureProjector.from_drr(drr)
+    source, targets = drr.detector(RigidTransform(POSES.float()), None)
+    rays = projector.rays(POSES)  # float64 here, float32 in diffdrr: compare to 1e-3 mm
+    assert (rays[0] - source.double()).abs().max() < 1e-3
+    assert (rays[1] - targets.double()).abs().max() < 1e-3
+    for n_points in (16, 64):
+        reference = render(drr, POSES, n_points)
+        image = projector(drr.density, POSES, n_points)
+        assert image.shape == reference.shape == (2, 1, 32, 32)
+        assert rel(image, reference) < 1e-3
+
+
+def test_channels_and_poses_are_independent(tiny):
+    projector, density = tiny
+    other = density.flip(0) * 0.5 + 1.0
+    both = projector(torch.stack([density, other]), POSES, N_POINTS)
+    assert both.shape == (2, 2, 16, 16)
+    torch.testing.assert_close(both[:, :1], projector(density, POSES, N_POINTS))
+    torch.testing.assert_close(both[:, 1:], projector(other[None], POSES, N_POINTS))
+    # Many channels take another code path (one weighted product instead of nested lerps).
+    many = projector(torch.stack([other, density, 2 * density, other]), POSES, N_POINTS)
+    torch.testing.assert_close(many, torch.cat([both.flip(1), 2 * both[:, :1], both[:, 1:]], 1))
+    # One pose at a time gives the same images (each pose samples over its own depth range).
+    torch.testing.assert_close(
+        both[1:], projector(torch.stack([density, other]), POSES[1:], N_POINTS)
+    )
+    # One volume per pose, and prepared gather tables of either layout.
+    per_pose = torch.stack([density, other])[:, None]
+    expected = torch.stack([both[0, 0], both[1, 1]])
+    torch.testing.assert_close(projector(per_pose, POSES, N_POINTS)[:, 0], expected)
+    for layout in ("quad", "rows"):
+        table = projector.prepare(per_pose, layout)
+        torch.testing.assert_close(projector(table, POSES, N_POINTS)[:, 0], expected)
+        table = projector.prepare(torch.stack([density, other]), layout)
+        torch.testing.assert_close(projector(table, POSES, N_POINTS), both)
+
+
+def test_pose_gradient_matches_finite_differences(tiny):
+    projector, density = tiny
+    pose = POSES[1:]
+    span = projector.alpha_range(pose, density.shape)
+    weights = torch.randn(
+        1, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+
+    def loss(xi: torch.Tensor) -> torch.Tensor:
+        return (projector(density, pose @ se3_exp(xi[None]), N_POINTS, span) * weights).sum()
+
+    xi = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(loss(xi), xi)
+    assert rel(grad, central_difference(loss)) < 1e-5
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:FutureWarning")  # torch's jvp setup
+def test_pose_jacobian_matches_finite_differences(tiny):
+    projector, density = tiny
+    volume = torch.stack([density, density.sqrt()])
+    span = projector.alpha_range(POSES, density.shape)
+
+    def images(xi: torch.Tensor) -> torch.Tensor:
+        return projector(volume, POSES @ se3_exp(xi.expand(2, 6)), N_POINTS, span).reshape(2, -1)
+
+    expected = central_difference(images)
+    image, analytic = projector.forward_and_jacobian(volume, POSES, N_POINTS)
+    assert analytic.shape == (2, 2 * 16 * 16, 6)
+    torch.testing.assert_close(image, projector(volume, POSES, N_POINTS))
+    assert rel(analytic, expected) < 1e-5
+    rows = projector.prepare(volume, "rows")
+    torch.testing.assert_close(projector.pose_jacobian(rows, POSES, N_POINTS), analytic)
+    forward_mode = projector.pose_jacobian(volume, POSES, N_POINTS, method="forward")
+    assert rel(forward_mode, analytic) < 1e-10
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_double_backward_through_the_pose_gradient(tiny, channels):
+    """Gradient matching differentiates ds/dxi w.r.t. the network: check d/dtheta |ds/dxi|^2."""
+    projector, density = tiny
+    gains = torch.linspace(1.0, 2.0, channels, dtype=torch.float64)[:, None, None, None]
+    pose = POSES[1:]
+    span = projector.alpha_range(pose, density.shape)
+    target = projector(density, POSES[:1], N_POINTS)
+
+    def pose_gradient(theta: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        volume = torch.nn.functional.softplus(theta * gains * density / 100)  # a one-weight net
+        xi = torch.zeros(1, 6, dtype=torch.float64, requires_grad=True)
+        image = projector(volume, pose @ se3_exp(xi), N_POINTS, span)
+        s = ((image - target) ** 2).mean()
+        return torch.autograd.grad(s, xi, create_graph=create_graph)[0]
+
+    def objective(theta: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        g = pose_gradient(theta, create_graph)
+        return (g[0, :3] ** 2).sum() + 1e-4 * (g[0, 3:] ** 2).sum()
+
+    theta = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    (dtheta,) = torch.autograd.grad(objective(theta, create_graph=True), theta)
+    h = 1e-5
+    fd = (objective(theta.detach() + h) - objective(theta.detach() - h)) / (2 * h)
+    assert torch.isfinite(dtheta) and abs(float(dtheta - fd)) < 1e-5 * abs(float(fd))
+
+    # The analytic Jacobian gives the same pose gradient, and is differentiable too.
+    volume = torch.nn.functional.softplus(theta * gains * density / 100)
+    image, jac = projector.forward_and_jacobian(volume, pose, N_POINTS, span)
+    ds_dimage = 2 * (image - target) / image.numel()
+    via_jacobian = (ds_dimage.reshape(1, 1, -1) @ jac)[0]
+    torch.testing.assert_close(via_jacobian, pose_gradient(theta, False))
+    (d2,) = torch.autograd.grad(via_jacobian.square().sum(), theta)
+    assert torch.isfinite(d2)
+
+
+def test_rejects_bad_inputs(tiny):
+    projector, density = tiny
+    with pytest.raises(ValueError, match="n_points"):
+        projector(density, POSES, 1)
+    with pytest.raises(ValueError, match="volumes for"):
+        projector(torch.stack([density] * 3)[:, None], POSES, N_POINTS)
+    with pytest.raises(ValueError, match="layout"):
+        projector.prepare(density, "octets")
+    with pytest.raises(ValueError, match="method"):
+        projector.pose_jacobian(density, POSES, N_POINTS, method="backward")
+
+
+def benchmark(spacing_mm: float = 2.0, threads: int = 1, n_points: int = 128) -> None:
+    """Timings on the embedded CT: ``python tests/test_projector.py [spacing_mm [threads]]``.
+
+    diffdrr vs this projector, and the LM Jacobian by each method. Best of 3, as process CPU
+    time (robust on a shared machine; equal to wall time when idle with one thread) and wall.
+    """
+    import os
+
+    from regbench.data.embedded import prepare_embedded
+
+    torch.set_num_threads(threads)
+    subject = prepare_embedded(spacing_mm=spacing_mm, min_label_voxels=50)
+    pose = poses((0.1, -0.05, 0.1, 5.0, 850.0, -10.0)).float()
+    for size in (64, 128):
+        geometry = {"sdd": 1020.0, "height": size, "width": size, "delx": 400 / size}
+        geometry |= {"dely": 400 / size, "x0": 0.0, "y0": 0.0, "reverse_x_axis": True}
+        geometry["orientation"] = "AP"
+        drr = make_drr(Prepared(subject.ct, subject.affine, subject.landmarks, geometry), 1.0)
+        shape = tuple(drr.density.shape)
+        print(f"CT {shape} at {spacing_mm} mm, {size}x{size}, {n_points} samples, {threads} thr")
+        for name, fn in _timed_calls(drr, pose, n_points).items():
+            cpu, wall = _best_ms(fn)
+            print(f"  {name:46s} cpu {cpu:7.0f} ms  wall {wall:7.0f} ms")
+    print("load average:", os.getloadavg())
+
+
+def _timed_calls(drr, pose: torch.Tensor, n_points: int) -> dict:
+    projector = FeatureProjector.from_drr(drr)
+    span = projector.alpha_range(pose, drr.density.shape)
+    steps = [pose @ se3_exp(1e-3 * torch.eye(6)[k : k + 1]) for k in range(6)]
+
+    def diffdrr_backward():
+        render(drr, pose.clone().requires_grad_(True), n_points).sum().backward()
+
+    @torch.no_grad()
+    def diffdrr_differences():
+        return [render(drr, p, n_points) for p in [pose, *steps]]
+
+    calls = {
+        "diffdrr forward": lambda: render(drr, pose, n_points),
+        "diffdrr forward+backward (pose)": diffdrr_backward,
+        "diffdrr Jacobian, forward differences": diffdrr_differences,
+    }
+    for volume in (drr.density, torch.rand(9, *drr.density.shape)):
+        calls |= _projector_calls(projector, volume, pose, steps, span, n_points)
+    return calls
+
+
+def _projector_calls(projector, volume, pose, steps, span, n_points) -> dict:
+    c = 1 if volume.dim() == 3 else len(volume)
+
+    def backward():
+        v, p = volume.clone().requires_grad_(True), pose.clone().requires_grad_(True)
+        projector(v, p, n_points).sum().backward()
+
+    @torch.no_grad()
+    def differences():
+        return [projector(volume, p, n_points, span) for p in [pose, *steps]]
+
+    table = projector.prepare(volume)
+    return {
+        f"C={c} forward": torch.no_grad()(lambda: projector(volume, pose, n_points)),
+        f"C={c} forward, prepared table": torch.no_grad()(lambda: projector(table, pose, n_points)),
+        f"C={c} forward+backward (pose, volume)": backward,
+        f"C={c} Jacobian, analytic (per-ray gradients)": torch.no_grad()(
+            lambda: projector.forward_and_jacobian(volume, pose, n_points, span)
+        ),
+        f"C={c} Jacobian, analytic, prepared table": torch.no_grad()(
+            lambda: projector.forward_and_jacobian(table, pose, n_points, span)
+        ),
+        f"C={c} Jacobian, forward mode (jvp x 6)": lambda: projector.pose_jacobian(
+            volume, pose, n_points, span, method="forward"
+        ),
+        f"C={c} Jacobian, forward differences": differences,
+    }
+
+
+def _best_ms(fn, reps: int = 3) -> tuple[float, float]:
+    import time
+
+    fn()
+    cpu, wall = [], []
+    for _ in range(reps):
+        c, w = time.process_time(), time.perf_counter()
+        fn()
+        cpu.append(time.process_time() - c)
+        wall.append(time.perf_counter() - w)
+    return min(cpu) * 1000, min(wall) * 1000
+
+
+if __name__ == "__main__":
+    import sys
+
+    benchmark(*(float(a) for a in sys.argv[1:2]), *(int(a) for a in sys.argv[2:3]))

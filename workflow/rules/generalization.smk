@@ -1,0 +1,76 @@
+# Patient-agnostic scenario (the generalization table, Table 2). Per dataset with an `agnostic`
+# block: one regressor trained on its train_subjects, every method registered on the held-out
+# test_subjects, everything under {R}/_agnostic/{dataset}/:
+#   models/regressor.pt (+ .log.csv, .config.json)     trained on several prepared subjects
+#   {subject}/runs/{method}.csv, .trajectory.csv       registrations of a held-out subject
+# The held-out subjects' prepared/ and xrays/ are the usual {R}/{dataset}/{subject}/ ones.
+# Included after register.smk and report.smk (it reuses rule register and report_common).
+
+
+rule train_regressor_agnostic:
+    input:
+        agnostic_train_inputs,
+    output:
+        model=f"{R}/_agnostic/{{dataset}}/models/regressor.pt",
+        log_csv=f"{R}/_agnostic/{{dataset}}/models/regressor.log.csv",
+        snapshot=f"{R}/_agnostic/{{dataset}}/models/regressor.config.json",
+    params:
+        settings=lambda w: settings("prior", "render", "regressor", "geometry"),
+        prepared=agnostic_train_dirs,
+    wildcard_constraints:
+        dataset=alternatives(AGNOSTIC),
+    threads: 2
+    log:
+        f"{R}/logs/train_regressor_agnostic/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/train_regressor_agnostic/{{dataset}}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=480,
+        gpu=GPU,
+    conda:
+        "../../envs/regbench.yaml"
+    shell:
+        "python -m regbench train-regressor-agnostic --dataset {wildcards.dataset}"
+        " --prepared {params.prepared} --settings {params.settings:q}"
+        " --out {output.model} --log-csv {output.log_csv} --threads {threads} 2> {log}"
+
+
+# Rule register with the dataset's agnostic models; keep its inputs in step with register.smk
+# (tests/test_datasets_dag.py checks that both rules have the same named inputs).
+use rule register as register_agnostic with:
+    input:
+        ct=rules.prepare.output.ct,
+        landmarks=rules.prepare.output.landmarks,
+        geometry=rules.prepare.output.geometry,
+        xrays=rules.simulate.output.xrays,
+        index=rules.simulate.output.index,
+        regressor=rules.train_regressor_agnostic.output.model,
+        similarity=agnostic_similarity_model,
+    output:
+        runs=f"{R}/_agnostic/{{dataset}}/{{subject}}/runs/{{method}}.csv",
+        trajectory=f"{R}/_agnostic/{{dataset}}/{{subject}}/runs/{{method}}.trajectory.csv",
+        snapshot=f"{R}/_agnostic/{{dataset}}/{{subject}}/runs/{{method}}.config.json",
+    wildcard_constraints:
+        dataset=alternatives(AGNOSTIC),
+    log:
+        f"{R}/logs/register_agnostic/{{dataset}}/{{subject}}/{{method}}.log",
+    benchmark:
+        f"{R}/benchmarks/register_agnostic/{{dataset}}/{{subject}}/{{method}}.tsv"
+
+
+rule generalization_table:
+    input:
+        agnostic_run_csvs(),
+    output:
+        report_generalization_tables(),
+    params:
+        settings=generalization_settings(),
+        out=lambda w, output: os.path.dirname(output[0]),
+    log:
+        f"{R}/logs/generalization_table.log",
+    conda:
+        "../../envs/regbench.yaml"
+    shell:
+        "python -m regbench generalization-table --runs {input} --settings {params.settings:q}"
+        " --out-dir {params.out} 2> {log}"
