@@ -36,6 +36,18 @@ def similarity_settings(settings: dict, variant: str) -> dict:
     return {**{k: settings[k] for k in keys}, "variant": variant}
 
 
+def build_similarity_model(variant: str, cfg: dict) -> SimilarityModel:
+    """An untrained model of ``variant`` with the config's ``similarity`` sizes."""
+    return SimilarityModel(
+        VARIANTS[variant],
+        cfg["channels"],
+        cfg["embed_dim"],
+        cfg["encoder"],
+        cfg["pooled_size"],
+        cfg["crop_px"],
+    )
+
+
 def direction_loss(g: torch.Tensor, target: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Mean over the batch of |u(g_rot) - u(g*_rot)|^2 + |u(g_trans) - u(g*_trans)|^2."""
     loss = 0.0
@@ -101,15 +113,7 @@ def train_similarity(
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = SimilarityModel(
-        VARIANTS[variant],
-        cfg["channels"],
-        cfg["embed_dim"],
-        cfg["encoder"],
-        cfg["pooled_size"],
-        cfg["crop_px"],
-    )
-    model = model.to(device)
+    model = build_similarity_model(variant, cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["steps"])
     state = TrainingState(model, optimizer, scheduler, generator, fp_settings)
@@ -145,14 +149,6 @@ def load_similarity(path: str | Path, variant: str, settings: dict, device) -> S
     got = {k: v for k, v in blob["settings"].items() if k != "subject_seed"}
     if got != similarity_settings(settings, variant):
         raise InputError(f"similarity model {path} was trained with other settings or variant")
-    cfg = settings["similarity"]
-    model = SimilarityModel(
-        VARIANTS[variant],
-        cfg["channels"],
-        cfg["embed_dim"],
-        cfg["encoder"],
-        cfg["pooled_size"],
-        cfg["crop_px"],
-    )
+    model = build_similarity_model(variant, settings["similarity"])
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval()
