@@ -11,23 +11,17 @@ the training subjects are recorded in the config snapshot beside it.
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from regbench.errors import InputError
-from regbench.geometry.poses import carm_pose
-from regbench.geometry.priors import PosePrior
 from regbench.io import write_json
 from regbench.models.regressor import PoseRegressor
-from regbench.render import load_prepared, make_drr, read_geometry, render
-from regbench.train.augment import augment
-from regbench.train.checkpoint import TrainingState
-from regbench.train.regressor import regressor_settings
+from regbench.render import load_prepared, make_drr, read_geometry
+from regbench.train.regressor import regressor_settings, run_regressor_training
 
 log = logging.getLogger(__name__)
 
@@ -84,44 +78,13 @@ def train_regressor_agnostic(
     if not folders:
         raise InputError("patient-agnostic training needs at least one training subject")
     check_same_detector(folders)
-    cfg = settings["regressor"]
-    fp_settings = {**regressor_settings(settings), "subject_seed": seed}
-    clinical = PosePrior.from_config(settings["prior"])
-    train_prior = PosePrior.from_config(settings["prior"], scale=cfg["prior_scale"])
     drrs = SubjectDRRs(folders, settings, device, cache_size)
-    n_points = settings["render"]["n_points"]
 
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    model = PoseRegressor(cfg["backbone"], clinical).to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"]
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["steps"])
-    state = TrainingState(model, optimizer, scheduler, generator, fp_settings)
-    partial = out.with_suffix(".partial")
-    t0 = time.perf_counter() - state.resume(partial, log)
-    model.train()
-    for step in tqdm(range(state.step, cfg["steps"]), desc="regressor", mininterval=5):
-        subject = int(torch.randint(len(drrs), (), generator=generator))
-        rot, trans = train_prior.sample_params(cfg["batch_size"], generator)
-        with torch.no_grad():
-            clean = render(drrs[subject], carm_pose(rot, trans), n_points).cpu()
-            images = augment(clean, generator)
-        target = model.normalise(rot, trans).to(device)
-        loss = torch.nn.functional.mse_loss(model(images.to(device)), target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        state.step = step + 1
-        state.rows.append(
-            {"step": step + 1, "loss": loss.item(), "seconds": time.perf_counter() - t0}
-        )
-        if state.step % cfg["checkpoint_every"] == 0 and state.step < cfg["steps"]:
-            state.save(partial)
-            log.info("step %d loss %.4f", state.step, loss.item())
-    state.finish(out, log_csv, {"backbone": cfg["backbone"], "steps": cfg["steps"]})
+    def drr_for_step(generator: torch.Generator):
+        return drrs[int(torch.randint(len(drrs), (), generator=generator))]
+
+    model = run_regressor_training(drr_for_step, settings, seed, out, log_csv, device)
+    fp_settings = {**regressor_settings(settings), "subject_seed": seed}
     snapshot = {**fp_settings, "training_subjects": [str(f) for f in folders]}
     write_json(snapshot, out.with_suffix(".config.json"))
     return model

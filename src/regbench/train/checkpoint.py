@@ -76,6 +76,16 @@ class TrainingState:
         log.info("resuming training at step %d from %s", self.step, partial)
         return self.rows[-1]["seconds"] if self.rows else 0.0
 
+    def end_step(self, loss: float, seconds: float, every: int, total: int, partial: Path) -> bool:
+        """Log one finished step; save the resumable state every ``every`` steps (not after the
+        last one). Returns whether it saved."""
+        self.step += 1
+        self.rows.append({"step": self.step, "loss": loss, "seconds": seconds})
+        if self.step % every == 0 and self.step < total:
+            self.save(partial)
+            return True
+        return False
+
     def save(self, partial: Path) -> None:
         state = {
             "state_dict": self.model.state_dict(),

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from diffdrr.drr import DRR
 from tqdm import tqdm
 
 from regbench.errors import InputError
@@ -39,13 +41,26 @@ def train_regressor(
     A resumable state is kept in ``out.with_suffix('.partial')`` every ``checkpoint_every``
     steps; a rerun after a crash continues from it and ends with the same weights.
     """
+    render_cfg = settings["render"]
+    drr = make_drr(prepared, render_cfg["bone_attenuation"], render_cfg["renderer"], device)
+    return run_regressor_training(lambda generator: drr, settings, seed, out, log_csv, device)
+
+
+def run_regressor_training(
+    drr_for_step: Callable[[torch.Generator], DRR],
+    settings: dict,
+    seed: int,
+    out: Path,
+    log_csv: Path,
+    device: torch.device,
+) -> PoseRegressor:
+    """The training loop of every regressor; ``drr_for_step(generator)`` gives the renderer of
+    each step (one subject, or a subject drawn from the training set with the run's generator,
+    before the step's poses)."""
     cfg = settings["regressor"]
     fp_settings = {**regressor_settings(settings), "subject_seed": seed}
     clinical = PosePrior.from_config(settings["prior"])
     train_prior = PosePrior.from_config(settings["prior"], scale=cfg["prior_scale"])
-    drr = make_drr(
-        prepared, settings["render"]["bone_attenuation"], settings["render"]["renderer"], device
-    )
     n_points = settings["render"]["n_points"]
 
     torch.manual_seed(seed)
@@ -59,7 +74,8 @@ def train_regressor(
     partial = out.with_suffix(".partial")
     t0 = time.perf_counter() - state.resume(partial, log)
     model.train()
-    for step in tqdm(range(state.step, cfg["steps"]), desc="regressor", mininterval=5):
+    for _ in tqdm(range(state.step, cfg["steps"]), desc="regressor", mininterval=5):
+        drr = drr_for_step(generator)
         rot, trans = train_prior.sample_params(cfg["batch_size"], generator)
         with torch.no_grad():
             images = augment(render(drr, carm_pose(rot, trans), n_points).cpu(), generator)
@@ -69,12 +85,8 @@ def train_regressor(
         loss.backward()
         optimizer.step()
         scheduler.step()
-        state.step = step + 1
-        state.rows.append(
-            {"step": step + 1, "loss": loss.item(), "seconds": time.perf_counter() - t0}
-        )
-        if state.step % cfg["checkpoint_every"] == 0 and state.step < cfg["steps"]:
-            state.save(partial)
+        seconds = time.perf_counter() - t0
+        if state.end_step(loss.item(), seconds, cfg["checkpoint_every"], cfg["steps"], partial):
             log.info("step %d loss %.4f", state.step, loss.item())
     state.finish(out, log_csv, {"backbone": cfg["backbone"], "steps": cfg["steps"]})
     return model

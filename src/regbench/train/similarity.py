@@ -120,7 +120,7 @@ def train_similarity(
     partial = out.with_suffix(".partial")
     t0 = time.perf_counter() - state.resume(partial, log)
     model.train()
-    for step in tqdm(range(state.step, cfg["steps"]), desc=variant, mininterval=5):
+    for _ in tqdm(range(state.step, cfg["steps"]), desc=variant, mininterval=5):
         pose_gt = carm_pose(*train_prior.sample_params(cfg["batch_size"], generator))
         with torch.no_grad():
             xrays = augment(render(setup.xray_drr, pose_gt, setup.n_points).cpu(), generator)
@@ -132,12 +132,8 @@ def train_similarity(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
         scheduler.step()
-        state.step = step + 1
-        state.rows.append(
-            {"step": step + 1, "loss": loss.item(), "seconds": time.perf_counter() - t0}
-        )
-        if state.step % cfg["checkpoint_every"] == 0 and state.step < cfg["steps"]:
-            state.save(partial)
+        seconds = time.perf_counter() - t0
+        if state.end_step(loss.item(), seconds, cfg["checkpoint_every"], cfg["steps"], partial):
             log.info("%s step %d loss %.4f", variant, state.step, loss.item())
     state.finish(out, log_csv, {"variant": variant})
     return model
