@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+import tiny_dag
 import yaml
 from conftest import REPO
 
@@ -16,19 +15,7 @@ pytestmark = pytest.mark.e2e
 
 
 def snakemake(workdir, *args):
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--cores",
-        "2",
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    return tiny_dag.snakemake(workdir, "--cores", "2", *args)
 
 
 @pytest.fixture(scope="module")
