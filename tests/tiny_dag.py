@@ -25,11 +25,9 @@ METHODS = ["posenet", "ours-so4", "sopi"]
 _runs: dict[str, tuple[Path, subprocess.CompletedProcess]] = {}
 
 
-def snakemake(
-    workdir: Path, *args: str, env: dict | None = None, timeout: float = 900
-) -> subprocess.CompletedProcess:
-    """``python -m snakemake`` on this checkout's Snakefile in ``workdir``."""
-    cmd = [
+def snakemake_command(workdir: Path) -> list[str]:
+    """The command line that runs this checkout's Snakefile in ``workdir`` (no options)."""
+    return [
         sys.executable,
         "-m",
         "snakemake",
@@ -37,8 +35,14 @@ def snakemake(
         str(REPO / "Snakefile"),
         "--directory",
         str(workdir),
-        *args,
     ]
+
+
+def snakemake(
+    workdir: Path, *args: str, env: dict | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """``python -m snakemake`` on this checkout's Snakefile in ``workdir``."""
+    cmd = [*snakemake_command(workdir), *args]
     return subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, env=env or dict(os.environ)
     )

@@ -35,7 +35,7 @@ from regbench.data.volumes import read_ct, read_mask, save_volume, volume_center
 from regbench.data.xrays import XraySet
 from regbench.errors import InputError
 from regbench.geometry.poses import check_rigid, matrix_columns
-from regbench.io import write_csv, write_json
+from regbench.io import numeric, read_table, write_csv, write_json
 from regbench.render import read_geometry
 
 IMAGE_SUFFIXES = (".npy", ".png", ".tif", ".tiff")
@@ -120,27 +120,16 @@ def read_image(path: Path, log_transform: bool = False) -> np.ndarray:
 
 def read_poses(path: Path) -> pd.DataFrame:
     """``poses.csv`` with its columns checked; poses are checked to be rigid."""
-    if not path.is_file():
-        raise InputError(f"poses file not found: {path}")
-    try:
-        df = pd.read_csv(path, dtype={"xray_id": str, "file": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputError(f"poses file {path}: unreadable csv ({exc})") from exc
     need = ["xray_id", "file", *matrix_columns("gt")]
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise InputError(f"poses file {path}: missing columns {missing}")
+    df = read_table(path, "poses", need, dtype={"xray_id": str, "file": str})
     if df.empty:
         raise InputError(f"poses file {path}: no X-rays listed")
     dupes = df["xray_id"][df["xray_id"].duplicated()].tolist()
     if dupes:
         raise InputError(f"poses file {path}: duplicate xray_id {dupes}")
-    values = df[matrix_columns("gt")].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
-    for xray_id, pose in zip(df["xray_id"], values.reshape(-1, 4, 4), strict=True):
-        try:
-            check_rigid(pose, f"poses file {path}, xray_id {xray_id}")
-        except ValueError as exc:
-            raise InputError(str(exc)) from exc
+    values = numeric(df, matrix_columns("gt")).reshape(-1, 4, 4)
+    for xray_id, pose in zip(df["xray_id"], values, strict=True):
+        check_rigid(pose, f"poses file {path}, xray_id {xray_id}")
     return df
 
 

@@ -284,10 +284,7 @@ def prepare_deepfluoro(
                 img = img[::-1, ::-1]
                 camera_to_world = camera_to_world @ ROT_180_Z
             pose = regbench_pose(camera_to_world)
-            try:
-                check_rigid(pose, f"{f.filename}: {proj.name}/gt-poses/cam-to-pelvis-vol")
-            except ValueError as exc:
-                raise InputError(str(exc)) from exc
+            check_rigid(pose, f"{f.filename}: {proj.name}/gt-poses/cam-to-pelvis-vol")
             small, out_geometry = downsample(preprocess_image(img, crop_px, blur), geometry, height)
             ids.append(key)
             images.append(small.to(torch.float32))

@@ -9,7 +9,7 @@ import pandas as pd
 
 from regbench.data.volumes import voxel_to_world, world_to_voxel
 from regbench.errors import InputError
-from regbench.io import write_csv
+from regbench.io import numeric, read_table, write_csv
 
 MIN_LANDMARKS = 4
 COLUMNS = ["name", "x", "y", "z"]
@@ -52,23 +52,19 @@ def check_landmarks(df: pd.DataFrame, path: str | Path) -> None:
         raise InputError(
             f"landmarks {path}: {len(df)} landmarks, at least {MIN_LANDMARKS} are needed"
         )
-    xyz = df[["x", "y", "z"]].to_numpy(dtype=np.float64)
-    if not np.isfinite(xyz).all():
-        raise InputError(f"landmarks {path}: non-finite coordinates")
+    bad = ~np.isfinite(numeric(df, ["x", "y", "z"])).all(axis=1)
+    if bad.any():
+        names = df.loc[bad, "name"].tolist()
+        raise InputError(f"landmarks {path}: non-numeric or non-finite coordinates of {names}")
 
 
 def read_landmarks(
     path: str | Path, affine: np.ndarray | None = None, shape: tuple[int, ...] | None = None
 ) -> pd.DataFrame:
     """Read ``name,x,y,z``; with ``affine``/``shape`` also require every point inside the CT."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"landmarks file not found: {path}")
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputError(f"landmarks {path}: unreadable csv ({exc})") from exc
+    df = read_table(path, "landmarks", COLUMNS)
     check_landmarks(df, path)
+    df[["x", "y", "z"]] = numeric(df, ["x", "y", "z"])
     if affine is not None and shape is not None:
         ijk = world_to_voxel(affine, df[["x", "y", "z"]].to_numpy())
         outside = ((ijk < -0.5) | (ijk > np.asarray(shape[:3]) - 0.5)).any(axis=1)

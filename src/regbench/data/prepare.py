@@ -16,7 +16,7 @@ import torchio as tio
 
 from regbench.data.landmarks import write_landmarks
 from regbench.data.volumes import save_volume, volume_center
-from regbench.io import write_json
+from regbench.io import all_or_nothing, write_json
 
 
 @dataclass
@@ -27,13 +27,20 @@ class PreparedSubject:
     landmarks: pd.DataFrame  # name, x, y, z (world mm, centred frame)
     shift_mm: np.ndarray  # what was subtracted from the original world coordinates
 
-    def write(self, out_dir: str | Path, geometry: dict) -> None:
+    @staticmethod
+    def files(out_dir: str | Path) -> list[Path]:
+        """The files :meth:`write` writes (``mask.nii.gz`` only when there is a mask)."""
         out = Path(out_dir)
-        write_landmarks(self.landmarks, out / "landmarks.csv")
-        if self.mask is not None:
-            save_volume(self.mask.astype(np.int16), self.affine, out / "mask.nii.gz")
-        write_json(geometry, out / "geometry.json")
-        save_volume(self.ct.astype(np.float32), self.affine, out / "ct.nii.gz")
+        return [out / f for f in ("landmarks.csv", "mask.nii.gz", "geometry.json", "ct.nii.gz")]
+
+    def write(self, out_dir: str | Path, geometry: dict) -> None:
+        landmarks, mask, geometry_json, ct = self.files(out_dir)
+        with all_or_nothing([landmarks, mask, geometry_json, ct]):
+            write_landmarks(self.landmarks, landmarks)
+            if self.mask is not None:
+                save_volume(self.mask.astype(np.int16), self.affine, mask)
+            write_json(geometry, geometry_json)
+            save_volume(self.ct.astype(np.float32), self.affine, ct)
 
 
 def resample_and_center(

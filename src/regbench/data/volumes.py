@@ -20,8 +20,10 @@ def read_volume(path: str | Path, what: str = "CT") -> tuple[np.ndarray, np.ndar
     try:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj, dtype=np.float32)
+        pixdim = _stored_pixdim(img)
     except (
         nib.filebasedimages.ImageFileError,
+        nib.spatialimages.HeaderDataError,
         OSError,
         EOFError,
         zlib.error,
@@ -35,11 +37,33 @@ def read_volume(path: str | Path, what: str = "CT") -> tuple[np.ndarray, np.ndar
         raise InputError(f"{what} file {path} must be a 3-D volume, got shape {data.shape}")
     if min(data.shape) < 2:
         raise InputError(f"{what} file {path} has a degenerate shape {data.shape}")
+    if pixdim is not None and not (np.isfinite(pixdim) & (pixdim > 0)).all():
+        raise InputError(
+            f"{what} file {path}: voxel spacing (NIfTI pixdim[1:4]) is {pixdim.tolist()}, "
+            "it must be positive"
+        )
     affine = np.asarray(img.affine, dtype=np.float64)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     if not np.isfinite(affine).all() or (spacing <= 0).any() or abs(np.linalg.det(affine)) < 1e-9:
         raise InputError(f"{what} file {path} has an invalid voxel spacing/affine: {spacing}")
     return data, affine
+
+
+def _stored_pixdim(img: nib.filebasedimages.FileBasedImage) -> np.ndarray | None:
+    """The voxel spacing as written in a NIfTI/Analyze header (``None`` for other formats).
+
+    nibabel silently repairs a zero spacing to 1 mm and a negative one to its absolute value
+    when it loads a header, so the stored values are read again without that repair.
+    """
+    from nibabel.openers import ImageOpener
+
+    header = img.header
+    if not isinstance(header, nib.analyze.AnalyzeHeader):
+        return None
+    holder = img.file_map.get("header") or img.file_map["image"]
+    with ImageOpener(holder.filename) as f:
+        stored = type(header).from_fileobj(f, check=False)
+    return np.asarray(stored["pixdim"][1:4], dtype=np.float64)
 
 
 def check_ct_values(data: np.ndarray, path: str | Path) -> None:
