@@ -1,14 +1,18 @@
-"""Shared fixtures: one prepared embedded subject per test session (coarse, for speed)."""
+"""Shared fixtures: one prepared embedded subject per test session (coarse, for speed) and a
+tiny synthetic DRR for the projector tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from diffdrr.drr import DRR
 
 from regbench.data.embedded import prepare_embedded
 from regbench.data.prepare import geometry_from_config
-from regbench.render import Prepared, load_prepared
+from regbench.render import Prepared, load_prepared, make_drr
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -37,3 +41,26 @@ def prepared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def prepared(prepared_dir: Path) -> Prepared:
     return load_prepared(prepared_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_drr() -> DRR:
+    """A diffdrr DRR: 16x16 detector over a smooth positive 10x12x9 volume (10 mm voxels)
+    centred on the isocentre."""
+    shape = (10, 12, 9)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    ct = 400 * np.exp(-2 * (grid**2).sum(0)) * (1.2 + np.sin(3 * grid[0]) * np.cos(2 * grid[2]))
+    affine = np.diag([10.0, 10.0, 10.0, 1.0])
+    affine[:3, 3] = -5.0 * (np.array(shape) - 1)
+    geometry = {
+        "sdd": 1020.0,
+        "height": 16,
+        "width": 16,
+        "delx": 12.0,
+        "dely": 12.0,
+        "x0": 0.0,
+        "y0": 0.0,
+        "reverse_x_axis": True,
+        "orientation": "AP",
+    }
+    return make_drr(Prepared(ct.astype(np.float32), affine, pd.DataFrame(), geometry), 1.0)

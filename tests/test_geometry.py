@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 import torch
 
+from regbench import evaluate
 from regbench.geometry.poses import (
     carm_params,
     carm_pose,
     check_rigid,
     invert,
     perturb,
+    perturb_world,
     relative,
     rigidity_error,
     se3_exp,
@@ -108,3 +110,22 @@ def test_prior_sampling_is_seeded_and_has_configured_spread():
     )
     assert wide.rotation_deg_std == (8, 8, 8)
     assert rigidity_error(prior.sample(10, torch.Generator().manual_seed(0))) < 1e-9
+
+
+def test_world_perturbation_turns_about_the_isocentre():
+    pose = carm_pose(
+        torch.tensor([[0.1, -0.2, 0.3]]).double(), torch.tensor([[5.0, 850, 2]]).double()
+    )
+    rotation = torch.tensor([[0.0, 0.0, math.radians(5.0), 0.0, 0.0, 0.0]], dtype=torch.float64)
+    shift = torch.tensor([[0.0, 0.0, 0.0, 6.0, 0.0, 8.0]], dtype=torch.float64)
+    origin = np.zeros((1, 3))
+    # A pure rotation leaves the isocentre in place; a translation moves it by its length.
+    assert evaluate.mtre(perturb_world(pose, rotation).numpy(), pose.numpy(), origin)[0] < 1e-9
+    moved = evaluate.mtre(perturb_world(pose, shift).numpy(), pose.numpy(), origin)[0]
+    assert moved == pytest.approx(10.0)
+    # A point 100 mm from the isocentre moves by the chord of 5 degrees.
+    point = np.array([[100.0, 0.0, 0.0]])
+    chord = 2 * 100 * math.sin(math.radians(2.5))
+    assert evaluate.mtre(perturb_world(pose, rotation).numpy(), pose.numpy(), point)[0] == (
+        pytest.approx(chord)
+    )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 from diffdrr.pose import RigidTransform
@@ -34,27 +32,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def tiny() -> tuple[FeatureProjector, torch.Tensor]:
-    """A 16x16 detector over a smooth positive 10x12x9 volume (10 mm voxels), float64."""
-    shape = (10, 12, 9)
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
-    ct = 400 * np.exp(-2 * (grid**2).sum(0)) * (1.2 + np.sin(3 * grid[0]) * np.cos(2 * grid[2]))
-    affine = np.diag([10.0, 10.0, 10.0, 1.0])
-    affine[:3, 3] = -5.0 * (np.array(shape) - 1)  # centred on the isocentre
-    geometry = {
-        "sdd": 1020.0,
-        "height": 16,
-        "width": 16,
-        "delx": 12.0,
-        "dely": 12.0,
-        "x0": 0.0,
-        "y0": 0.0,
-        "reverse_x_axis": True,
-        "orientation": "AP",
-    }
-    prepared = Prepared(ct.astype(np.float32), affine, pd.DataFrame(), geometry)
-    drr = make_drr(prepared, bone_attenuation=1.0)
-    return FeatureProjector.from_drr(drr), drr.density.double()
+def tiny(tiny_drr) -> tuple[FeatureProjector, torch.Tensor]:
+    """The projector of conftest's tiny DRR and its volume, float64."""
+    return FeatureProjector.from_drr(tiny_drr), tiny_drr.density.double()
 
 
 def central_difference(fn, xi_dim: int = 6, h_rot: float = 1e-8, h_trans: float = 1e-6):

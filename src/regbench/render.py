@@ -18,6 +18,7 @@ from regbench.data.landmarks import landmark_array, read_landmarks
 from regbench.data.volumes import read_ct
 from regbench.errors import InputError
 
+RENDERERS = ("trilinear", "siddon", "compiled")
 GEOMETRY_KEYS = ("sdd", "height", "width", "delx", "dely", "x0", "y0", "reverse_x_axis")
 
 
@@ -66,7 +67,15 @@ def make_drr(
     renderer: str = "trilinear",
     device: torch.device | str = "cpu",
 ) -> DRR:
-    """A diffdrr DRR module over the prepared CT at its recorded detector geometry."""
+    """A diffdrr DRR module over the prepared CT at its recorded detector geometry.
+
+    ``renderer``: diffdrr's ``trilinear`` or ``siddon``, or ``compiled``: diffdrr's trilinear
+    geometry and quadrature rendered on the CPU by :class:`regbench.fastproject.FastProjector`
+    (the same images to about 1e-6, several times faster, differentiable w.r.t. the pose); on
+    other devices ``compiled`` is diffdrr's trilinear renderer. :func:`render` picks the path.
+    """
+    if renderer not in RENDERERS:
+        raise InputError(f"config key 'render.renderer': unknown renderer {renderer!r}")
     g = prepared.geometry
     subject = read(
         tio.ScalarImage(tensor=torch.from_numpy(prepared.ct)[None], affine=prepared.affine),
@@ -84,9 +93,14 @@ def make_drr(
         x0=g["x0"],
         y0=g["y0"],
         reverse_x_axis=bool(g["reverse_x_axis"]),
-        renderer=renderer,
-    )
-    return drr.to(device)
+        renderer="trilinear" if renderer == "compiled" else renderer,
+    ).to(device)
+    if renderer == "compiled" and drr.density.device.type == "cpu":
+        from regbench.fastproject import FastProjector
+
+        projector = FastProjector.from_drr(drr)
+        drr.compiled = (projector, projector.prepare(drr.density))
+    return drr
 
 
 def render(drr: DRR, poses: torch.Tensor, n_points: int) -> torch.Tensor:
@@ -96,6 +110,10 @@ def render(drr: DRR, poses: torch.Tensor, n_points: int) -> torch.Tensor:
     over the batch's common depth range, so a batched image would depend on its batch-mates
     (and on CPU one pose at a time is no slower).
     """
+    compiled = getattr(drr, "compiled", None)
+    if compiled is not None:  # per-pose sampling ranges, as below
+        projector, volume = compiled
+        return projector(volume, poses.to(drr.density.device), n_points)
     poses = poses.to(device=drr.device, dtype=drr.density.dtype)
     kwargs = {"n_points": n_points} if _is_trilinear(drr) else {}
     return torch.cat([drr(RigidTransform(pose[None]), **kwargs) for pose in poses])

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from diffdrr.pose import RigidTransform, convert, se3_log_map
 
+from regbench.errors import InputError
+
 ROTATION_CONVENTION = "ZXY"
 
 
@@ -97,6 +99,13 @@ def perturb(pose: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
     return _batched(pose) @ se3_exp(xi)
 
 
+def perturb_world(pose: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+    """Left perturbation ``exp(xi) @ pose``: the increment is a motion of the world (CT) frame,
+    so rotations turn about the CT's centre (the world origin of a prepared subject) and the
+    translation is the isocentre's displacement, as "5 degrees / 10 mm" starts are meant."""
+    return se3_exp(xi) @ _batched(pose)
+
+
 def relative(pose_a: torch.Tensor, pose_b: torch.Tensor) -> torch.Tensor:
     """``pose_a^-1 @ pose_b``: the motion taking a to b, in a's camera frame."""
     return invert(pose_a) @ _batched(pose_b)
@@ -124,15 +133,19 @@ def rigidity_error(pose: torch.Tensor | np.ndarray) -> float:
 
 
 def check_rigid(pose: torch.Tensor | np.ndarray, what: str, tol: float = 1e-3) -> None:
-    """Raise ``ValueError`` naming ``what`` if any pose is not finite or not a rotation + shift."""
+    """Raise :class:`InputError` naming ``what`` if any pose is not finite or not rigid.
+
+    Rigid: an orthonormal rotation with determinant +1 (no scaling, shear or mirroring) plus a
+    shift, with last row ``0 0 0 1``. ``what`` names the file (and entry) the poses came from.
+    """
     arr = np.asarray(pose, dtype=np.float64)
     if arr.shape[-2:] != (4, 4):
-        raise ValueError(f"{what}: poses must be 4x4 matrices, got shape {arr.shape}")
+        raise InputError(f"{what}: poses must be 4x4 matrices, got shape {arr.shape}")
     if not np.isfinite(arr).all():
-        raise ValueError(f"{what}: pose contains NaN or infinite values")
+        raise InputError(f"{what}: pose contains NaN, infinite or non-numeric values")
     err = rigidity_error(arr)
     if err > tol:
-        raise ValueError(
+        raise InputError(
             f"{what}: pose is not a rigid transform (orthonormality/det error {err:.2e} > {tol})"
         )
 
