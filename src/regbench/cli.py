@@ -65,13 +65,15 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_parse(args: argparse.Namespace) -> None:
     from regbench.data import datasets as ds
+    from regbench.io import all_or_nothing
 
     s = _settings(args.settings)
     spec = _dataset_spec(s, args.dataset)
     height = spec.get("height") or s["geometry"]["height"]
     prepared, xrays = ds.parse_subject(args.dataset, args.subject, spec, args.source, height)
-    xrays.write(args.xrays)
-    prepared.write(args.prepared, xrays.geometry)
+    with all_or_nothing([*xrays.files(args.xrays), *prepared.files(args.prepared)]):
+        xrays.write(args.xrays)
+        prepared.write(args.prepared, xrays.geometry)
     logging.info(
         "parsed %s/%s: CT %s, %d landmarks, %d X-rays of %dx%d px",
         args.dataset,
@@ -219,16 +221,18 @@ def _registration_context(args: argparse.Namespace, s: dict, method: str):
 def cmd_register(args: argparse.Namespace) -> None:
     import torch
 
-    from regbench.io import write_csv, write_json
+    from regbench.io import all_or_nothing, write_csv, write_json
     from regbench.runner import register_all
 
     s = _settings(args.settings)
     prepared, xrays, context = _registration_context(args, s, args.method)
     with torch.inference_mode(False):
         runs, trajectory = register_all(args.method, prepared, xrays, context)
-    write_csv(trajectory, args.trajectory)
-    write_json({"method": args.method, "settings": s}, Path(args.out).with_suffix(".config.json"))
-    write_csv(runs, args.out)
+    config = Path(args.out).with_suffix(".config.json")
+    with all_or_nothing([args.trajectory, config, args.out]):
+        write_csv(trajectory, args.trajectory)
+        write_json({"method": args.method, "settings": s}, config)
+        write_csv(runs, args.out)
 
 
 def cmd_optimizer_study(args: argparse.Namespace) -> None:
@@ -279,6 +283,42 @@ def cmd_figures(args: argparse.Namespace) -> None:
         Path(args.out_dir),
         _settings(args.settings),
         [Path(p) for p in args.optimizer_studies],
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    import yaml
+    from snakemake.utils import validate
+
+    from regbench.bench import run_bench
+    from regbench.render import resolve_device
+
+    config_path = Path(args.config)
+    if not config_path.is_file():
+        raise InputError(f"config file not found: {config_path}")
+    cfg = yaml.safe_load(config_path.read_text())
+    schema = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+    try:
+        validate(cfg, str(schema))  # fills the defaults
+    except Exception as exc:
+        raise InputError(f"config file {config_path} is invalid: {exc}") from exc
+    run_bench(
+        out_dir=Path(args.out),
+        sizes=args.sizes,
+        n_points=args.n_points,
+        spacing_mm=args.spacing_mm,
+        convergence_spacing_mm=cfg["datasets"]["embedded"]["spacing_mm"],
+        convergence_n_points=cfg["render"]["n_points"],
+        repeats=args.repeats,
+        jacobian_size=args.jacobian_size,
+        convergence_size=int(cfg["geometry"]["height"]),
+        n_xrays=args.xrays,
+        seed=cfg["seed"],
+        diffpose_settings=cfg["diffpose"],
+        lm_iterations=args.lm_iterations,
+        benchmarks=Path(args.benchmarks) if args.benchmarks else None,
+        device=resolve_device(args.device),
+        sections=args.sections,
     )
 
 
@@ -381,7 +421,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", nargs="+", required=True)
     p.add_argument("--optimizer-studies", nargs="*", default=[], help="optimizers.trajectory.csv")
     p.add_argument("--out-dir", required=True)
+
+    p = sub.add_parser(
+        "bench",
+        help="time rendering, pose Jacobians, LM vs Adam and the DAG's rules (bench.csv, bench.md)",
+    )
+    p.add_argument("--out", default="results/bench", help="output folder")
+    p.add_argument(
+        "--config",
+        default="config.yaml",
+        help="convergence section: the embedded CT spacing, image size, n_points, DiffPose, seed",
+    )
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    p.add_argument("--sizes", nargs="+", type=int, default=[64, 128, 256], help="render sizes")
+    p.add_argument("--spacing-mm", type=float, default=2.0, help="CT spacing (render, jacobian)")
+    p.add_argument("--n-points", type=int, default=256, help="samples per ray (render, jacobian)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per case (median)")
+    p.add_argument("--jacobian-size", type=int, default=128)
+    p.add_argument("--xrays", type=int, default=10, help="convergence problems")
+    p.add_argument("--lm-iterations", type=int, default=30)
+    p.add_argument("--benchmarks", default="results/benchmarks", help="a finished run's files")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=2, help="torch and kernel threads")
+    p.set_defaults(func=cmd_bench, settings="{}")
     return parser
+
+
+SECTIONS = ("render", "jacobian", "convergence", "dag")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,9 +3,6 @@
 ``lm`` variants (ours-*, abl-*) minimise ``1/2 |r|^2`` with Levenberg-Marquardt, r the latent
 residual between the X-ray and DRR-feature embeddings (its norm is the learned distance).
 ProST descends the learned distance with SGD, then polishes on diffdrr's gradient NCC.
-Optional ``polish`` (config ``similarity.polish_iterations``) continues every variant with
-Levenberg-Marquardt on a multiscale-NCC pixel residual; it is off by default and stated in the
-tables' config snapshot when used.
 """
 
 from __future__ import annotations

@@ -1,0 +1,508 @@
+"""``regbench bench``: how fast the pieces that dominate run time are, against diffdrr.
+
+Four sections, one long csv (``section, name, size, metric, value, unit, device``) and a
+Markdown summary with the ratios:
+
+* ``render``: images/s and ray-samples/s of diffdrr's trilinear and Siddon renderers, the
+  project's torch projector and its compiled CPU projector, forward and forward+backward (the
+  gradient w.r.t. the pose) or forward+Jacobian, on the same CT, pose and detector, at several
+  image sizes; relative L2 difference of each image to diffdrr's trilinear one.
+* ``jacobian``: cost of the 6-column pose Jacobian of a rendered image at one size: per-ray
+  analytic (compiled and torch), forward-mode autodiff, central finite differences with diffdrr,
+  and reverse mode (one backward per pixel, extrapolated from one).
+* ``convergence``: LM on the multiscale-NCC residual (compiled projector, exact Jacobian) vs
+  DiffPose's Adam recipe (diffdrr) on the same objective and the same DRR-vs-DRR problems from a
+  5 degree / 10 mm start: time and iterations to sub-millimetre mTRE, final mTRE.
+* ``dag``: wall seconds per rule of a finished run, from Snakemake's ``benchmark:`` files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from regbench import evaluate
+from regbench.data.embedded import prepare_embedded
+from regbench.data.prepare import geometry_from_config
+from regbench.fastproject import FastProjector
+from regbench.geometry.poses import carm_params, carm_pose, perturb, perturb_world
+from regbench.geometry.priors import PosePrior
+from regbench.io import write_csv, write_text
+from regbench.methods.base import Context, Trace
+from regbench.methods.diffpose import DiffPose
+from regbench.methods.ncc_lm import MultiscaleNCCResidual, register_lm_ncc
+from regbench.projector import FeatureProjector
+from regbench.render import Prepared, make_drr, render
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["section", "name", "size", "metric", "value", "unit", "device"]
+REFERENCE = "diffdrr trilinear"
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Median wall time of ``fn`` after one warm-up call (compilation, caches)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_subject(spacing_mm: float, size: int, detector_mm: float, sdd: float) -> Prepared:
+    """The bundled chest CT at ``spacing_mm`` with a ``size`` x ``size`` detector."""
+    subject = prepare_embedded(spacing_mm=spacing_mm, min_label_voxels=50)
+    geometry = geometry_from_config(
+        {
+            "sdd": sdd,
+            "height": size,
+            "width": size,
+            "detector_mm": detector_mm,
+            "x0": 0.0,
+            "y0": 0.0,
+            "reverse_x_axis": True,
+            "orientation": "AP",
+        }
+    )
+    return Prepared(subject.ct, subject.affine, subject.landmarks, geometry)
+
+
+def _view() -> torch.Tensor:
+    """A pose near the prior's mean, slightly rotated (no axis-aligned special case)."""
+    rot = torch.tensor([[0.05, -0.03, 0.02]], dtype=torch.float64)
+    return carm_pose(rot, torch.tensor([[3.0, 850.0, -2.0]], dtype=torch.float64))
+
+
+def render_rows(
+    prepared: Prepared, n_points: int, repeats: int, device: torch.device, dtype: torch.dtype
+) -> list[dict]:
+    """Section ``render`` at the prepared subject's detector size."""
+    size = int(prepared.geometry["height"])
+    drr = make_drr(prepared, 1.0, "trilinear", device)
+    siddon = make_drr(prepared, 1.0, "siddon", device)
+    pose = _view().to(device)
+    rot0, trans0 = carm_params(pose.float())
+
+    def diffdrr_backward(module) -> Callable[[], None]:
+        def run() -> None:
+            rot = rot0.clone().requires_grad_(True)
+            trans = trans0.clone().requires_grad_(True)
+            render(module, carm_pose(rot, trans), n_points).sum().backward()
+
+        return run
+
+    density = drr.density.to(dtype)
+    torch_proj = FeatureProjector.from_drr(drr).to(device)
+    torch_table = torch_proj.prepare(density)
+    cases: dict[str, dict[str, Callable[[], object]]] = {
+        REFERENCE: {
+            "forward": lambda: render(drr, pose, n_points),
+            "forward+backward": diffdrr_backward(drr),
+        },
+        "diffdrr siddon": {
+            "forward": lambda: render(siddon, pose, n_points),
+            "forward+backward": diffdrr_backward(siddon),
+        },
+        "regbench torch": {
+            "forward": lambda: torch_proj(torch_table, pose, n_points),
+            "forward+jacobian": lambda: torch_proj.forward_and_jacobian(
+                torch_table, pose, n_points
+            ),
+        },
+    }
+    if device.type == "cpu":
+        fast = FastProjector.from_drr(drr)
+        fast_table = fast.prepare(density)
+
+        def fast_backward() -> None:
+            rot = rot0.double().clone().requires_grad_(True)
+            trans = trans0.double().clone().requires_grad_(True)
+            fast(fast_table, carm_pose(rot, trans), n_points).sum().backward()
+
+        cases["regbench compiled"] = {
+            "forward": lambda: fast(fast_table, pose, n_points),
+            "forward+backward": fast_backward,
+            "forward+jacobian": lambda: fast.forward_and_jacobian(fast_table, pose, n_points),
+        }
+
+    with torch.no_grad():
+        reference = render(drr, pose, n_points).double()
+    rows = []
+    samples = size * size * n_points
+    for name, modes in cases.items():
+        forward = modes["forward"]
+        with torch.no_grad():
+            image = forward().double().reshape(reference.shape)
+        rel = float((image - reference).norm() / reference.norm())
+        rows.append(_row("render", name, size, "relative L2 to " + REFERENCE, rel, "", device))
+        for mode, fn in modes.items():
+            grad = mode != "forward"
+            with torch.set_grad_enabled(grad):
+                seconds = _median_seconds(fn, repeats, device)
+            rows += [
+                _row("render", name, size, f"{mode} ms", 1e3 * seconds, "ms", device),
+                _row("render", name, size, f"{mode} images/s", 1 / seconds, "1/s", device),
+                _row(
+                    "render", name, size, f"{mode} Msamples/s", samples / seconds / 1e6, "", device
+                ),
+            ]
+        log.info("render %s %d px done", name, size)
+    return rows
+
+
+def jacobian_rows(
+    prepared: Prepared, n_points: int, repeats: int, device: torch.device
+) -> list[dict]:
+    """Section ``jacobian``: seconds for one (H*W, 6) pose Jacobian."""
+    size = int(prepared.geometry["height"])
+    drr = make_drr(prepared, 1.0, "trilinear", device)
+    pose = _view().to(device)
+    torch_proj = FeatureProjector.from_drr(drr).to(device)
+    torch_table = torch_proj.prepare(drr.density)
+    rot0, trans0 = carm_params(pose.float())
+
+    def finite_differences() -> None:
+        with torch.no_grad():
+            for k in range(6):
+                for sign in (1.0, -1.0):
+                    xi = torch.zeros(1, 6, dtype=pose.dtype, device=device)
+                    xi[0, k] = sign * 1e-3
+                    render(drr, perturb(pose, xi), n_points)
+
+    def one_pixel_backward() -> None:
+        rot = rot0.clone().requires_grad_(True)
+        trans = trans0.clone().requires_grad_(True)
+        render(drr, carm_pose(rot, trans), n_points)[0, 0, size // 2, size // 2].backward()
+
+    cases: dict[str, tuple[Callable[[], object], float]] = {
+        "per-ray analytic (torch)": (
+            lambda: torch_proj.forward_and_jacobian(torch_table, pose, n_points),
+            1.0,
+        ),
+        "forward-mode autodiff (torch projector)": (
+            lambda: torch_proj.pose_jacobian(torch_table, pose, n_points, method="forward"),
+            1.0,
+        ),
+        "central differences (diffdrr, 12 renders)": (finite_differences, 1.0),
+        # One backward per pixel: measured for one pixel, times the number of pixels.
+        "reverse mode (diffdrr, extrapolated)": (one_pixel_backward, float(size * size)),
+    }
+    if device.type == "cpu":
+        fast = FastProjector.from_drr(drr)
+        fast_table = fast.prepare(drr.density)
+        cases = {
+            "per-ray analytic (compiled)": (
+                lambda: fast.forward_and_jacobian(fast_table, pose, n_points),
+                1.0,
+            ),
+            **cases,
+        }
+    rows = []
+    for name, (fn, factor) in cases.items():
+        seconds = _median_seconds(fn, 1 if factor > 1 else repeats, device) * factor
+        rows.append(_row("jacobian", name, size, "seconds", seconds, "s", device))
+        log.info("jacobian %s: %.4f s", name, seconds)
+    return rows
+
+
+def _start(truth: torch.Tensor, generator: torch.Generator, deg: float, mm: float) -> torch.Tensor:
+    """``truth`` moved by a rotation of ``deg`` about a random axis through the isocentre and
+    ``mm`` along a random direction."""
+    axis, shift = torch.randn(2, 3, generator=generator, dtype=torch.float64)
+    xi = torch.cat([axis / axis.norm() * math.radians(deg), shift / shift.norm() * mm])
+    return perturb_world(truth, xi[None])[0]
+
+
+def convergence_rows(
+    prepared: Prepared,
+    n_points: int,
+    n_xrays: int,
+    seed: int,
+    diffpose_settings: dict,
+    lm_iterations: int,
+    device: torch.device,
+) -> tuple[list[dict], pd.DataFrame]:
+    """Section ``convergence``; also returns every trajectory (for the figure-minded)."""
+    drr = make_drr(prepared, 1.0, "trilinear", device)
+    compiled = device.type == "cpu"  # the compiled projector is CPU-only
+    projector = (FastProjector if compiled else FeatureProjector).from_drr(drr).to(device)
+    table = projector.prepare(drr.density)
+    generator = torch.Generator().manual_seed(seed)
+    prior = PosePrior((0.0, 0.0, 0.0), (4.0, 4.0, 4.0), (0.0, 850.0, 0.0), (8.0, 20.0, 8.0))
+    truths = prior.sample(n_xrays, generator)
+    points = prepared.points
+    length = float(np.linalg.norm(points - points.mean(0), axis=1).mean())
+    patch = diffpose_settings["patch_size"]
+
+    def lm(target: torch.Tensor, init: torch.Tensor, trace: Trace) -> None:
+        register_lm_ncc(
+            lambda pose: projector.forward_and_jacobian(table, pose, n_points),
+            lambda pose: projector(table, pose, n_points),
+            MultiscaleNCCResidual(target, patch),
+            init,
+            lm_iterations,
+            length,
+            callback=trace.record,
+        )
+
+    def adam(renderer: str) -> Callable[[torch.Tensor, torch.Tensor, Trace], object]:
+        module = make_drr(prepared, 1.0, renderer, device)
+        return DiffPose(Context(module, None, n_points, {"diffpose": diffpose_settings})).refine
+
+    kind = "compiled" if compiled else "torch"
+    optimizers = {
+        f"LM ({kind} projector)": lm,
+        "Adam, DiffPose recipe (diffdrr)": adam("trilinear"),
+    }
+    if compiled:
+        optimizers["Adam, DiffPose recipe (compiled projector)"] = adam("compiled")
+    trajectories = []
+    for i in tqdm(range(n_xrays), desc="convergence", mininterval=5):
+        truth = truths[i]
+        with torch.no_grad():
+            target = render(drr, truth[None], n_points)
+        init = _start(truth, generator, 5.0, 10.0)
+        for name, optimize in optimizers.items():
+            trace = Trace()
+            trace.record(0, init)
+            optimize(target, init, trace)
+            poses = np.stack([p.numpy() for p in trace.poses])
+            errors = evaluate.mtre(poses, truth.numpy()[None].repeat(len(poses), 0), points)
+            trajectories.append(
+                pd.DataFrame(
+                    {
+                        "xray": i,
+                        "optimizer": name,
+                        "iteration": trace.iterations,
+                        "seconds": trace.seconds,
+                        "mtre_mm": errors,
+                    }
+                )
+            )
+    traj = pd.concat(trajectories, ignore_index=True)
+    size = int(prepared.geometry["height"])
+    rows = []
+    for name, group in traj.groupby("optimizer", sort=False):
+        reached = group[group["mtre_mm"] < 1.0].groupby("xray").first()
+        final = group.groupby("xray").last()
+        per_iteration = (final["seconds"] - group.groupby("xray").first()["seconds"]) / final[
+            "iteration"
+        ].clip(lower=1)
+        values = {
+            "CT spacing (mm)": (float(abs(prepared.affine[0, 0])), "mm"),
+            "samples per ray": (float(n_points), ""),
+            "X-rays": (float(group["xray"].nunique()), ""),
+            "reached sub-mm (%)": (100.0 * len(reached) / group["xray"].nunique(), "%"),
+            "median seconds to sub-mm": (_median_or_inf(reached["seconds"], final), "s"),
+            "median iterations to sub-mm": (_median_or_inf(reached["iteration"], final), ""),
+            "median final mTRE": (float(final["mtre_mm"].median()), "mm"),
+            "median seconds per iteration": (float(per_iteration.median()), "s"),
+        }
+        rows += [
+            _row("convergence", name, size, metric, value, unit, device)
+            for metric, (value, unit) in values.items()
+        ]
+    return rows, traj
+
+
+def _median_or_inf(reached: pd.Series, final: pd.DataFrame) -> float:
+    """Median over all X-rays, counting those that never reached sub-mm as +inf."""
+    values = np.full(len(final), math.inf)
+    values[: len(reached)] = reached.to_numpy(float)
+    return float(np.median(values))
+
+
+def dag_rows(benchmarks: Path, device: torch.device) -> list[dict]:
+    """Section ``dag``: per-rule sums of Snakemake benchmark files under ``benchmarks``."""
+    rows = []
+    files = sorted(benchmarks.rglob("*.tsv"))
+    if not files:
+        return rows
+    per_rule: dict[str, list[pd.DataFrame]] = {}
+    for path in files:
+        parts = path.relative_to(benchmarks).parts  # rule/.../job.tsv or rule.tsv
+        rule = parts[0] if len(parts) > 1 else path.stem
+        per_rule.setdefault(rule, []).append(pd.read_csv(path, sep="\t"))
+    for rule, frames in sorted(per_rule.items()):
+        frame = pd.concat(frames)
+        rows += [
+            _row("dag", rule, 0, "jobs", float(len(frame)), "", device),
+            _row("dag", rule, 0, "total seconds", float(frame["s"].sum()), "s", device),
+            _row("dag", rule, 0, "max RSS", float(frame["max_rss"].max()), "MB", device),
+        ]
+    return rows
+
+
+def _row(section, name, size, metric, value, unit, device) -> dict:
+    return {
+        "section": section,
+        "name": name,
+        "size": int(size),
+        "metric": metric,
+        "value": float(value),
+        "unit": unit,
+        "device": device_name(device),
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def summary_markdown(rows: pd.DataFrame) -> str:
+    """The csv as readable tables, with every time also as a ratio to the reference."""
+    device = ", ".join(sorted(rows["device"].unique()))
+    parts = [f"# regbench bench\n\nDevice: {device}\n"]
+    render_part = rows[(rows["section"] == "render") & rows["metric"].str.endswith(" ms")]
+    if len(render_part):
+        parts.append(
+            "## Rendering (ms per image; in brackets: speed-up over diffdrr trilinear forward, "
+            "resp. forward+backward)\n"
+        )
+        for size, block in render_part.groupby("size"):
+            ref = block[block["name"] == REFERENCE].set_index("metric")["value"]
+            lines = [
+                f"### {size} x {size}\n",
+                "| renderer | mode | ms | speed-up |",
+                "|---|---|---|---|",
+            ]
+            for _, r in block.iterrows():
+                mode = r["metric"].removesuffix(" ms")
+                base = ref.get("forward ms" if mode == "forward" else "forward+backward ms")
+                ratio = f"{base / r['value']:.1f}x" if base else ""
+                lines.append(f"| {r['name']} | {mode} | {r['value']:.1f} | {ratio} |")
+            parts.append("\n".join(lines) + "\n")
+        diffs = rows[rows["metric"].str.startswith("relative L2")]
+        lines = [
+            "Relative L2 difference of each image to diffdrr trilinear:\n",
+            "| renderer | size | relative L2 |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {r['name']} | {r['size']} | {r['value']:.2e} |" for _, r in diffs.iterrows()]
+        parts.append("\n".join(lines) + "\n")
+    jac = rows[rows["section"] == "jacobian"]
+    if len(jac):
+        fastest = jac["value"].min()
+        lines = [
+            f"## Pose Jacobian of one image ({jac['size'].iloc[0]} x {jac['size'].iloc[0]})\n",
+            "| method | seconds | x fastest |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {r['name']} | {r['value']:.4g} | {r['value'] / fastest:.1f} |"
+            for _, r in jac.iterrows()
+        ]
+        parts.append("\n".join(lines) + "\n")
+    conv = rows[rows["section"] == "convergence"]
+    if len(conv):
+        table = conv.pivot_table(index="metric", columns="name", values="value", sort=False)
+        names = list(table.columns)
+        lines = [
+            f"## Time to sub-millimetre mTRE from a 5 deg / 10 mm start "
+            f"({conv['size'].iloc[0]} x {conv['size'].iloc[0]}, DRR vs DRR, multiscale NCC)\n",
+            "| metric | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for metric, values in table.iterrows():
+            lines.append(f"| {metric} | " + " | ".join(f"{v:.3g}" for v in values) + " |")
+        secs = table.loc["median seconds to sub-mm"]
+        lm = [n for n in names if n.startswith("LM")]
+        if lm and math.isfinite(secs[lm[0]]) and secs[lm[0]] > 0:
+            lines.append("")
+            for adam in (n for n in names if n.startswith("Adam")):
+                lines.append(
+                    f"- {lm[0]} reaches sub-mm {secs[adam] / secs[lm[0]]:.1f}x sooner than "
+                    f"{adam} (median seconds)."
+                )
+        parts.append("\n".join(lines) + "\n")
+    dag = rows[rows["section"] == "dag"]
+    if len(dag):
+        table = dag.pivot_table(index="name", columns="metric", values="value")
+        total = table["total seconds"].sum()
+        lines = [
+            "## DAG: seconds per rule (sum over jobs, from Snakemake's benchmark files)\n",
+            "| rule | jobs | seconds | share | max RSS (MB) |",
+            "|---|---|---|---|---|",
+        ]
+        for rule, r in table.sort_values("total seconds", ascending=False).iterrows():
+            lines.append(
+                f"| {rule} | {r['jobs']:.0f} | {r['total seconds']:.0f} | "
+                f"{100 * r['total seconds'] / total:.0f}% | {r['max RSS']:.0f} |"
+            )
+        lines.append(
+            f"\nSum of job times: {total:.0f} s (jobs run in parallel: wall time is less)."
+        )
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def run_bench(
+    out_dir: Path,
+    sizes: list[int],
+    n_points: int,
+    spacing_mm: float,
+    convergence_spacing_mm: float,
+    convergence_n_points: int,
+    repeats: int,
+    jacobian_size: int,
+    convergence_size: int,
+    n_xrays: int,
+    seed: int,
+    diffpose_settings: dict,
+    lm_iterations: int,
+    benchmarks: Path | None,
+    device: torch.device,
+    sections: list[str],
+) -> pd.DataFrame:
+    """Run the chosen sections; write ``bench.csv``, ``bench.md`` (and the convergence
+    trajectories) under ``out_dir``."""
+    torch.manual_seed(seed)
+    subjects: dict[tuple[float, int], Prepared] = {}
+
+    def at(size: int, spacing: float = spacing_mm) -> Prepared:
+        if (spacing, size) not in subjects:
+            subjects[spacing, size] = bench_subject(spacing, size, 400.0, 1020.0)
+        return subjects[spacing, size]
+
+    rows: list[dict] = []
+    if "render" in sections:
+        for size in sizes:
+            rows += render_rows(at(size), n_points, repeats, device, torch.float32)
+    if "jacobian" in sections:
+        rows += jacobian_rows(at(jacobian_size), n_points, repeats, device)
+    if "convergence" in sections:
+        conv, traj = convergence_rows(
+            at(convergence_size, convergence_spacing_mm),
+            convergence_n_points,
+            n_xrays,
+            seed,
+            diffpose_settings,
+            lm_iterations,
+            device,
+        )
+        rows += conv
+        write_csv(traj, out_dir / "convergence.trajectory.csv")
+    if "dag" in sections and benchmarks is not None:
+        rows += dag_rows(benchmarks, device)
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    write_csv(frame, out_dir / "bench.csv")
+    write_text(summary_markdown(frame), out_dir / "bench.md")
+    return frame
