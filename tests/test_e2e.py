@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 import yaml
 from conftest import REPO
 
+from regbench.errors import InputError
 from regbench.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.e2e
@@ -126,52 +128,92 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_killed_registration_leaves_no_result_and_reruns_to_the_same_rows(finished_run, tmp_path):
-    """SIGKILL the whole snakemake process group in the middle of a register job (in a copy of
-    the finished run, whose config asks for a longer DiffPose so there is time to kill it)."""
-    work = tmp_path / "killed"
-    shutil.copytree(finished_run, work, symlinks=True)
-    target = work / RUNS / "diffpose.csv"
-    before = comparable(target)
-    log = work / "results" / "logs" / "register" / "embedded" / "chest" / "diffpose.log"
-    config_path = work / "config.yaml"
-    original = config_path.read_text()
+def copy_with_config(finished_run: Path, dest: Path, **sections: dict) -> tuple[Path, str]:
+    """A copy of the finished run whose config has ``sections`` updated; returns it and the
+    original config text."""
+    shutil.copytree(finished_run, dest, symlinks=True)
+    original = (dest / "config.yaml").read_text()
     cfg = yaml.safe_load(original)
-    cfg["diffpose"].update(max_iterations=400, patience=400)
-    config_path.write_text(yaml.safe_dump(cfg))
-    cmd = [
-        *tiny_dag.snakemake_command(work),
-        "--cores",
-        "2",
-        str(RUNS / "diffpose.csv"),
-    ]
+    for name, values in sections.items():
+        cfg[name].update(values)
+    (dest / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return dest, original
+
+
+def kill_while_making(work: Path, target: Path, started: Callable[[], bool], what: str) -> None:
+    """Run snakemake for ``target`` and SIGKILL its whole process group once ``started()``;
+    then release the lock the killed run left."""
+    cmd = [*tiny_dag.snakemake_command(work), "--cores", "2", str(target.relative_to(work))]
     job = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
-        # The job has started and finished one X-ray (its log is rewritten per job).
-        wait_for(
-            lambda: not target.exists() and log.exists() and " mTRE " in log.read_text(),
-            300,
-            "the first registered X-ray",
-        )
-        assert job.poll() is None, "the job ended before it could be killed"
+        wait_for(started, 300, what)
+        assert job.poll() is None, f"the job ended before it could be killed ({what})"
     finally:
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
+    assert not target.exists()
+    assert snakemake(work, "--unlock").returncode == 0
+
+
+def test_killed_registration_leaves_no_result_and_reruns_to_the_same_rows(finished_run, tmp_path):
+    """SIGKILL in the middle of a register job (its config asks for a longer DiffPose so that
+    there is time to kill it)."""
+    before = comparable(finished_run / RUNS / "diffpose.csv")
+    slow = {"max_iterations": 400, "patience": 400}
+    work, original = copy_with_config(finished_run, tmp_path / "killed", diffpose=slow)
+    target = work / RUNS / "diffpose.csv"
+    log = work / "results" / "logs" / "register" / "embedded" / "chest" / "diffpose.log"
+    # The job has started and finished one X-ray (its log is rewritten per job).
+    first_xray = lambda: not target.exists() and log.exists() and " mTRE " in log.read_text()  # noqa: E731
+    kill_while_making(work, target, first_xray, "the first registered X-ray")
 
     # Nothing that looks complete, no temporary leftovers.
     leftovers = sorted(p.name for p in (work / RUNS).glob("*diffpose.csv*"))
     assert leftovers == [], leftovers
-    # The killed snakemake holds the lock; once released the interrupted job is planned again.
-    assert snakemake(work, "--unlock").returncode == 0
     dry = snakemake(work, "-n", "--quiet", "rules")
     assert dry.returncode == 0 and "register" in dry.stdout + dry.stderr
     # Back to the first config, the rerun registration gives the first run's rows exactly.
-    config_path.write_text(original)
+    (work / "config.yaml").write_text(original)
     rerun = snakemake(work, "--rerun-incomplete", str(RUNS / "diffpose.csv"))
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     pd.testing.assert_frame_equal(comparable(target), before, check_exact=True)
+
+
+def test_training_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights(
+    finished_run, tmp_path
+):
+    """SIGKILL a train_regressor job after its first resumable checkpoint; the rerun continues
+    from it and ends with the weights of an uninterrupted run of the same config."""
+    longer = {"steps": 24, "checkpoint_every": 3}
+    model = RUNS.parent / "models" / "regressor.pt"
+    straight, _ = copy_with_config(finished_run, tmp_path / "straight", regressor=longer)
+    done = snakemake(straight, str(model))
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    work, _ = copy_with_config(finished_run, tmp_path / "killed", regressor=longer)
+    partial = (work / model).with_suffix(".partial")
+
+    def checkpointed() -> bool:
+        if not partial.exists():
+            return False
+        try:
+            return load_checkpoint(partial)["step"] >= 3
+        except InputError:  # being renamed into place
+            return False
+
+    kill_while_making(work, work / model, checkpointed, "the first training checkpoint")
+    step = load_checkpoint(partial)["step"]
+    assert 3 <= step < 24
+    rerun = snakemake(work, "--rerun-incomplete", str(model))
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    log = (work / "results" / "logs" / "train_regressor" / "embedded" / "chest.log").read_text()
+    assert f"resuming training at step {step}" in log, log[-2000:]
+    weights, reference = (load_checkpoint(d / model)["state_dict"] for d in (work, straight))
+    assert weights.keys() == reference.keys()
+    for key in weights:
+        assert torch.equal(weights[key], reference[key]), key
 
 
 def test_rerun_is_a_no_op_and_config_changes_rerun_only_affected_jobs(finished_run):
