@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import nibabel as nib
@@ -23,8 +24,10 @@ from regbench.data.embedded import embedded_files, landmark_labels
 from regbench.data.landmarks import label_centroids, read_landmarks
 from regbench.data.prepare import PreparedSubject
 from regbench.data.volumes import voxel_to_world
-from regbench.train.agnostic import train_regressor_agnostic
+from regbench.models.variants import VARIANTS
+from regbench.train.agnostic import train_regressor_agnostic, train_similarity_agnostic
 from regbench.train.regressor import load_regressor
+from regbench.train.similarity import load_similarity
 
 COHORT = {
     "scale_std": 0.08,
@@ -170,12 +173,17 @@ def test_embedded_cohort_subject_moves_mask_and_landmarks_together(prepared_dir)
     assert subject.ct.shape != base.ct.shape or not np.allclose(subject.ct, base.ct)
 
 
-def test_agnostic_regressor_trains_on_several_subjects(prepared_dir, tmp_path):
+def training_subjects(prepared_dir, tmp_path) -> list:
     folders = []
     for name in ("s1", "s2"):
         folder = tmp_path / name / "prepared"
         shutil.copytree(prepared_dir, folder)
         folders.append(folder)
+    return folders
+
+
+def test_agnostic_regressor_trains_on_several_subjects(prepared_dir, tmp_path):
+    folders = training_subjects(prepared_dir, tmp_path)
     settings = {
         "seed": 0,
         "device": "cpu",
@@ -192,4 +200,36 @@ def test_agnostic_regressor_trains_on_several_subjects(prepared_dir, tmp_path):
     model = load_regressor(out, settings, torch.device("cpu"))
     assert model(torch.rand(1, 1, 32, 32)).shape == (1, 6)
     assert len(pd.read_csv(out.with_suffix(".log.csv"))) == 2
+    assert not out.with_suffix(".partial").exists()
+
+
+def test_agnostic_similarity_trains_on_several_subjects(prepared_dir, tmp_path):
+    folders = training_subjects(prepared_dir, tmp_path)
+    settings = {
+        "seed": 0,
+        "device": "cpu",
+        "threads": 1,
+        "geometry": {"height": 32, "width": 32},
+        "render": {"n_points": 32},
+        "similarity": {
+            "image_size": 32,
+            "pooled_size": 8,
+            "crop_px": 1,
+            "n_points": 16,
+            "steps": 3,
+            "batch_size": 2,
+            "checkpoint_every": 10,
+        },
+    }
+    validate(settings, str(SCHEMA))
+    out = tmp_path / "models" / "similarity-abl-no-ecnn.pt"
+    device = torch.device("cpu")
+    train_similarity_agnostic(
+        folders, "abl-no-ecnn", settings, 1, out, out.with_suffix(".log.csv"), device
+    )
+    model = load_similarity(out, "abl-no-ecnn", settings, device)  # loads like a per-subject one
+    assert model.variant == VARIANTS["abl-no-ecnn"]
+    assert len(pd.read_csv(out.with_suffix(".log.csv"))) == 3
+    snapshot = json.loads(out.with_suffix(".config.json").read_text())
+    assert snapshot["training_subjects"] == [str(f) for f in folders]
     assert not out.with_suffix(".partial").exists()

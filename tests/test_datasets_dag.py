@@ -108,7 +108,9 @@ def test_paper_config_plans_the_full_dag_without_data(tmp_path):
 
     # Patient-agnostic: one regressor on the training cases, registrations of held-out ones.
     assert jobs["train_regressor_agnostic", "ctspine1k"] == 1
-    ready = [m for m in agnostic["methods"] if m in IMPLEMENTED and not needs_similarity(m)]
+    ready = [m for m in agnostic["methods"] if m in IMPLEMENTED]
+    learned = [m for m in ready if needs_similarity(m)]
+    assert learned and jobs["train_similarity_agnostic", "ctspine1k"] == len(learned)
     assert jobs["register_agnostic", "ctspine1k"] == len(agnostic["test_subjects"]) * len(ready)
     assert "rule generalization_table:" in result.stdout
     assert re.search(r"gpu=1", result.stdout)  # device: cuda requests GPUs

@@ -154,6 +154,29 @@ def cmd_train_regressor_agnostic(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_train_similarity_agnostic(args: argparse.Namespace) -> None:
+    from regbench.models.variants import VARIANTS
+    from regbench.render import resolve_device
+    from regbench.seeding import derive_seed
+    from regbench.train.agnostic import train_similarity_agnostic
+
+    if args.variant not in VARIANTS:
+        raise InputError(f"unknown similarity variant '{args.variant}' (known: {sorted(VARIANTS)})")
+    s = _settings(args.settings)
+    subjects = [Path(p).parent.name for p in args.prepared]  # .../{subject}/prepared
+    seed = derive_seed(s["seed"], args.dataset, "_agnostic", *subjects, "similarity", args.variant)
+    logging.info("patient-agnostic %s of %s on %s", args.variant, args.dataset, ", ".join(subjects))
+    train_similarity_agnostic(
+        args.prepared,
+        args.variant,
+        s,
+        seed,
+        Path(args.out),
+        Path(args.log_csv),
+        resolve_device(s["device"]),
+    )
+
+
 def cmd_generalization_table(args: argparse.Namespace) -> None:
     from regbench import tables
 
@@ -374,6 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--prepared", nargs="+", required=True, help="prepared/ folders")
     p.add_argument("--out", required=True, help="regressor.pt")
+    p.add_argument("--log-csv", required=True, help="training log (step, loss, seconds)")
+
+    p = stage(
+        "train-similarity-agnostic",
+        cmd_train_similarity_agnostic,
+        "train one learned similarity variant on several subjects (patient-agnostic)",
+    )
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--variant", required=True)
+    p.add_argument("--prepared", nargs="+", required=True, help="prepared/ folders")
+    p.add_argument("--out", required=True, help="similarity-{variant}.pt")
     p.add_argument("--log-csv", required=True, help="training log (step, loss, seconds)")
 
     p = stage(

@@ -215,13 +215,9 @@ def agnostic_dir(dataset):
 
 
 def agnostic_methods(dataset):
-    """Methods registered in a dataset's agnostic scenario.
-
-    Learned-similarity methods are left out until their models can be trained on several
-    subjects (a patient-agnostic similarity trainer); their table rows say "not implemented".
-    """
+    """Implemented methods registered in a dataset's agnostic scenario."""
     listed = AGNOSTIC[dataset]["methods"] or config["methods"]
-    return [m for m in listed if m in IMPLEMENTED and m not in VARIANTS]
+    return [m for m in listed if m in IMPLEMENTED]
 
 
 def agnostic_table_methods():

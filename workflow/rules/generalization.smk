@@ -1,7 +1,7 @@
 # Patient-agnostic scenario (the generalization table, Table 2). Per dataset with an `agnostic`
-# block: one regressor trained on its train_subjects, every method registered on the held-out
-# test_subjects, everything under {R}/_agnostic/{dataset}/:
-#   models/regressor.pt (+ .log.csv, .config.json)     trained on several prepared subjects
+# block: one regressor and one similarity per learned method trained on its train_subjects,
+# every method registered on the held-out test_subjects, everything under {R}/_agnostic/{dataset}/:
+#   models/regressor.pt, similarity-{method}.pt (+ .log.csv, .config.json)
 #   {subject}/runs/{method}.csv, .trajectory.csv       registrations of a held-out subject
 # The held-out subjects' prepared/ and xrays/ are the usual {R}/{dataset}/{subject}/ ones.
 # Included after register.smk and report.smk (it reuses rule register and report_common).
@@ -33,6 +33,36 @@ rule train_regressor_agnostic:
     shell:
         "python -m regbench train-regressor-agnostic --dataset {wildcards.dataset}"
         " --prepared {params.prepared} --settings {params.settings:q}"
+        " --out {output.model} --log-csv {output.log_csv} --threads {threads} 2> {log}"
+
+
+rule train_similarity_agnostic:
+    input:
+        agnostic_train_inputs,
+    output:
+        model=f"{R}/_agnostic/{{dataset}}/models/similarity-{{method}}.pt",
+        log_csv=f"{R}/_agnostic/{{dataset}}/models/similarity-{{method}}.log.csv",
+        snapshot=f"{R}/_agnostic/{{dataset}}/models/similarity-{{method}}.config.json",
+    params:
+        settings=lambda w: settings("prior", "render", "similarity", "geometry"),
+        prepared=agnostic_train_dirs,
+    wildcard_constraints:
+        dataset=alternatives(AGNOSTIC),
+    threads: 1
+    log:
+        f"{R}/logs/train_similarity_agnostic/{{dataset}}/{{method}}.log",
+    benchmark:
+        f"{R}/benchmarks/train_similarity_agnostic/{{dataset}}/{{method}}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=480,
+        gpu=GPU,
+    conda:
+        "../../envs/regbench.yaml"
+    shell:
+        "python -m regbench train-similarity-agnostic --dataset {wildcards.dataset}"
+        " --variant {wildcards.method} --prepared {params.prepared}"
+        " --settings {params.settings:q}"
         " --out {output.model} --log-csv {output.log_csv} --threads {threads} 2> {log}"
 
 

@@ -1,18 +1,19 @@
-"""Patient-agnostic training of the pose regressor: one model for several training subjects.
+"""Patient-agnostic training: one pose regressor, or one learned similarity per variant, for
+several training subjects.
 
-The loop is :func:`regbench.train.regressor.train_regressor`'s, except that every step renders its
-batch from one training subject drawn uniformly (with the run's generator, so a rerun draws the
-same sequence). Subjects are loaded on demand and the DRRs of the most recent ``cache_size`` are
-kept, so training sets larger than memory work. The checkpoint has the same fingerprint keys as a
-per-subject regressor, so ``register`` loads it with :func:`~regbench.train.regressor.load_regressor`;
-the training subjects are recorded in the config snapshot beside it.
+The loops are the per-subject ones (:func:`regbench.train.regressor.run_regressor_training`,
+:func:`regbench.train.similarity.run_similarity_training`), except that every step uses one
+training subject drawn uniformly (with the run's generator, so a rerun draws the same
+sequence). Subjects are loaded on demand and the most recent ``cache_size`` are kept, so training
+sets larger than memory work. Checkpoints have the same fingerprint keys as per-subject ones, so
+``register`` loads them as usual; the training subjects are recorded in the config snapshot.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -20,19 +21,22 @@ import torch
 from regbench.errors import InputError
 from regbench.io import write_json
 from regbench.models.regressor import PoseRegressor
-from regbench.render import load_prepared, make_drr, read_geometry
+from regbench.models.similarity import SimilarityGeometry, SimilarityModel
+from regbench.render import Prepared, load_prepared, make_drr, read_geometry
 from regbench.train.regressor import regressor_settings, run_regressor_training
+from regbench.train.similarity import run_similarity_training, similarity_settings
 
 log = logging.getLogger(__name__)
 
 
-class SubjectDRRs:
-    """DRR modules of prepared subject folders, built on first use, at most ``size`` kept."""
+class SubjectCache:
+    """Per-subject objects (DRR modules, similarity geometries) of prepared subject folders,
+    built by ``build(prepared)`` on first use; at most ``size`` are kept."""
 
-    def __init__(self, folders: Sequence[Path], settings: dict, device: torch.device, size: int):
-        self.folders, self.settings, self.device = list(folders), settings, device
+    def __init__(self, folders: Sequence[Path], build: Callable[[Prepared], object], size: int):
+        self.folders, self.build = list(folders), build
         self.size = max(1, size)
-        self._cache: OrderedDict[int, torch.nn.Module] = OrderedDict()
+        self._cache: OrderedDict[int, object] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.folders)
@@ -41,17 +45,14 @@ class SubjectDRRs:
         if i in self._cache:
             self._cache.move_to_end(i)
             return self._cache[i]
-        render_cfg = self.settings["render"]
-        drr = make_drr(
-            load_prepared(self.folders[i]),
-            render_cfg["bone_attenuation"],
-            render_cfg["renderer"],
-            self.device,
-        )
-        self._cache[i] = drr
+        self._cache[i] = self.build(load_prepared(self.folders[i]))
         if len(self._cache) > self.size:
             self._cache.popitem(last=False)
-        return drr
+        return self._cache[i]
+
+    def draw(self, generator: torch.Generator):
+        """One subject drawn uniformly with ``generator`` (a rerun draws the same sequence)."""
+        return self[int(torch.randint(len(self), (), generator=generator))]
 
 
 def check_same_detector(folders: Sequence[Path]) -> None:
@@ -74,17 +75,46 @@ def train_regressor_agnostic(
     cache_size: int = 8,
 ) -> PoseRegressor:
     """Train one regressor on ``prepared_dirs`` and write it like a per-subject one."""
-    folders = [Path(p) for p in prepared_dirs]
-    if not folders:
-        raise InputError("patient-agnostic training needs at least one training subject")
-    check_same_detector(folders)
-    drrs = SubjectDRRs(folders, settings, device, cache_size)
+    folders = _training_folders(prepared_dirs)
+    render_cfg = settings["render"]
 
-    def drr_for_step(generator: torch.Generator):
-        return drrs[int(torch.randint(len(drrs), (), generator=generator))]
+    def drr(prepared: Prepared):
+        return make_drr(prepared, render_cfg["bone_attenuation"], render_cfg["renderer"], device)
 
-    model = run_regressor_training(drr_for_step, settings, seed, out, log_csv, device)
+    drrs = SubjectCache(folders, drr, cache_size)
+    model = run_regressor_training(drrs.draw, settings, seed, out, log_csv, device)
     fp_settings = {**regressor_settings(settings), "subject_seed": seed}
     snapshot = {**fp_settings, "training_subjects": [str(f) for f in folders]}
     write_json(snapshot, out.with_suffix(".config.json"))
     return model
+
+
+def train_similarity_agnostic(
+    prepared_dirs: Sequence[str | Path],
+    variant: str,
+    settings: dict,
+    seed: int,
+    out: Path,
+    log_csv: Path,
+    device: torch.device,
+    cache_size: int = 8,
+) -> SimilarityModel:
+    """Train one learned similarity on ``prepared_dirs`` (each step on one subject drawn
+    uniformly) and write it like a per-subject one, the training subjects in its snapshot."""
+    folders = _training_folders(prepared_dirs)
+    setups = SubjectCache(
+        folders, lambda prepared: SimilarityGeometry(prepared, settings, device), cache_size
+    )
+    model = run_similarity_training(setups.draw, variant, settings, seed, out, log_csv, device)
+    fp_settings = {**similarity_settings(settings, variant), "subject_seed": seed}
+    snapshot = {**fp_settings, "training_subjects": [str(f) for f in folders]}
+    write_json(snapshot, out.with_suffix(".config.json"))
+    return model
+
+
+def _training_folders(prepared_dirs: Sequence[str | Path]) -> list[Path]:
+    folders = [Path(p) for p in prepared_dirs]
+    if not folders:
+        raise InputError("patient-agnostic training needs at least one training subject")
+    check_same_detector(folders)
+    return folders

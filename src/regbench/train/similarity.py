@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -105,10 +106,26 @@ def train_similarity(
     log_csv: Path,
     device: torch.device,
 ) -> SimilarityModel:
-    """Train one variant and write ``out``, ``log_csv`` and a config snapshot beside them."""
+    """Train one variant on one subject and write ``out``, ``log_csv`` and a config snapshot."""
+    setup = SimilarityGeometry(prepared, settings, device)
+    return run_similarity_training(
+        lambda generator: setup, variant, settings, seed, out, log_csv, device
+    )
+
+
+def run_similarity_training(
+    setup_for_step: Callable[[torch.Generator], SimilarityGeometry],
+    variant: str,
+    settings: dict,
+    seed: int,
+    out: Path,
+    log_csv: Path,
+    device: torch.device,
+) -> SimilarityModel:
+    """The gradient-matching loop; ``setup_for_step(generator)`` is the subject of a step (the
+    one subject, or one drawn per step with the run's generator when patient-agnostic)."""
     cfg = settings["similarity"]
     fp_settings = {**similarity_settings(settings, variant), "subject_seed": seed}
-    setup = SimilarityGeometry(prepared, settings, device)
     train_prior = PosePrior.from_config(settings["prior"], scale=cfg["prior_scale"])
 
     torch.manual_seed(seed)
@@ -121,6 +138,7 @@ def train_similarity(
     t0 = time.perf_counter() - state.resume(partial, log)
     model.train()
     for _ in tqdm(range(state.step, cfg["steps"]), desc=variant, mininterval=5):
+        setup = setup_for_step(generator)
         pose_gt = carm_pose(*train_prior.sample_params(cfg["batch_size"], generator))
         with torch.no_grad():
             xrays = augment(render(setup.xray_drr, pose_gt, setup.n_points).cpu(), generator)
