@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import REPO
 
+from regbench import bench, cli
 from regbench.bench import dag_rows, summary_markdown
 from regbench.cli import main
 
@@ -23,6 +24,20 @@ def test_dag_section_sums_snakemake_benchmark_files(tmp_path):
     assert got["register", "jobs"] == 2 and got["register", "total seconds"] == 4.0
     assert got["register", "max RSS"] == 1200.0 and got["tables", "total seconds"] == 0.5
     assert "| register | 2 | 4 | 89% | 1200 |" in summary_markdown(rows)
+
+    # Remeasuring one section keeps the others already in bench.csv.
+    out = tmp_path / "bench"
+    out.mkdir()
+    kept = {"section": "render", "name": "x", "size": 64, "metric": "forward ms", "value": 1.0}
+    pd.DataFrame([{**kept, "unit": "ms", "device": "cpu"}]).to_csv(out / "bench.csv", index=False)
+    args = ["bench", "--out", str(out), "--sections", "dag", "--benchmarks", str(tmp_path)]
+    assert main([*args, "--config", str(REPO / "config.yaml")]) == 0
+    written = pd.read_csv(out / "bench.csv")
+    assert written["section"].tolist()[0] == "render" and set(written["section"]) == {
+        "render",
+        "dag",
+    }
+    assert cli.SECTIONS == bench.SECTIONS
 
 
 @pytest.mark.parametrize("sections", [["render", "jacobian"], ["convergence"]])

@@ -46,6 +46,7 @@ from regbench.render import Prepared, make_drr, render
 
 log = logging.getLogger(__name__)
 
+SECTIONS = ("render", "jacobian", "convergence", "dag")
 COLUMNS = ["section", "name", "size", "metric", "value", "unit", "device"]
 REFERENCE = "diffdrr trilinear"
 
@@ -473,7 +474,8 @@ def run_bench(
     sections: list[str],
 ) -> pd.DataFrame:
     """Run the chosen sections; write ``bench.csv``, ``bench.md`` (and the convergence
-    trajectories) under ``out_dir``."""
+    trajectories) under ``out_dir``. Rows of other sections already in ``bench.csv`` are kept,
+    so one section can be remeasured alone."""
     torch.manual_seed(seed)
     subjects: dict[tuple[float, int], Prepared] = {}
 
@@ -503,6 +505,13 @@ def run_bench(
     if "dag" in sections and benchmarks is not None:
         rows += dag_rows(benchmarks, device)
     frame = pd.DataFrame(rows, columns=COLUMNS)
+    previous = out_dir / "bench.csv"
+    if previous.is_file():  # keep the sections not rerun this time
+        kept = pd.read_csv(previous)
+        kept = kept[~kept["section"].isin(frame["section"].unique())]
+        frame = pd.concat([kept, frame], ignore_index=True)
+        frame["order"] = frame["section"].map({s: i for i, s in enumerate(SECTIONS)})
+        frame = frame.sort_values("order", kind="stable").drop(columns="order")
     write_csv(frame, out_dir / "bench.csv")
     write_text(summary_markdown(frame), out_dir / "bench.md")
     return frame

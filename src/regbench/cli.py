@@ -309,6 +309,9 @@ def cmd_figures(args: argparse.Namespace) -> None:
     )
 
 
+SECTIONS = ("render", "jacobian", "convergence", "dag")  # regbench.bench.SECTIONS, import-free
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     import yaml
     from snakemake.utils import validate
@@ -466,7 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="config.yaml",
         help="convergence section: the embedded CT spacing, image size, n_points, DiffPose, seed",
     )
-    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    p.add_argument(
+        "--sections",
+        nargs="+",
+        default=list(SECTIONS),
+        choices=SECTIONS,
+        help="sections to (re)measure; the others already in bench.csv are kept",
+    )
     p.add_argument("--sizes", nargs="+", type=int, default=[64, 128, 256], help="render sizes")
     p.add_argument("--spacing-mm", type=float, default=2.0, help="CT spacing (render, jacobian)")
     p.add_argument("--n-points", type=int, default=256, help="samples per ray (render, jacobian)")
@@ -479,9 +488,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch and kernel threads")
     p.set_defaults(func=cmd_bench, settings="{}")
     return parser
-
-
-SECTIONS = ("render", "jacobian", "convergence", "dag")
 
 
 def main(argv: list[str] | None = None) -> int:
