@@ -83,9 +83,7 @@ def train_regressor_agnostic(
 
     drrs = SubjectCache(folders, drr, cache_size)
     model = run_regressor_training(drrs.draw, settings, seed, out, log_csv, device)
-    fp_settings = {**regressor_settings(settings), "subject_seed": seed}
-    snapshot = {**fp_settings, "training_subjects": [str(f) for f in folders]}
-    write_json(snapshot, out.with_suffix(".config.json"))
+    _snapshot_with_subjects(regressor_settings(settings), seed, folders, out)
     return model
 
 
@@ -106,10 +104,18 @@ def train_similarity_agnostic(
         folders, lambda prepared: SimilarityGeometry(prepared, settings, device), cache_size
     )
     model = run_similarity_training(setups.draw, variant, settings, seed, out, log_csv, device)
-    fp_settings = {**similarity_settings(settings, variant), "subject_seed": seed}
-    snapshot = {**fp_settings, "training_subjects": [str(f) for f in folders]}
-    write_json(snapshot, out.with_suffix(".config.json"))
+    _snapshot_with_subjects(similarity_settings(settings, variant), seed, folders, out)
     return model
+
+
+def _snapshot_with_subjects(model_settings: dict, seed: int, folders: list[Path], out: Path):
+    """The config snapshot beside ``out``, with the training subjects recorded."""
+    snapshot = {
+        **model_settings,
+        "subject_seed": seed,
+        "training_subjects": [str(f) for f in folders],
+    }
+    write_json(snapshot, out.with_suffix(".config.json"))
 
 
 def _training_folders(prepared_dirs: Sequence[str | Path]) -> list[Path]:
