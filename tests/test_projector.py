@@ -8,7 +8,7 @@ from diffdrr.pose import RigidTransform
 
 from regbench.geometry.poses import carm_pose, se3_exp
 from regbench.projector import FeatureProjector
-from regbench.render import Prepared, make_drr, render
+from regbench.render import make_drr, render
 
 N_POINTS = 24
 
@@ -174,99 +174,3 @@ def test_rejects_bad_inputs(tiny):
         projector.prepare(density, "octets")
     with pytest.raises(ValueError, match="method"):
         projector.pose_jacobian(density, POSES, N_POINTS, method="backward")
-
-
-def benchmark(spacing_mm: float = 2.0, threads: int = 1, n_points: int = 128) -> None:
-    """Timings on the embedded CT: ``python tests/test_projector.py [spacing_mm [threads]]``.
-
-    diffdrr vs this projector, and the LM Jacobian by each method. Best of 3, as process CPU
-    time (robust on a shared machine; equal to wall time when idle with one thread) and wall.
-    """
-    import os
-
-    from regbench.data.embedded import prepare_embedded
-
-    torch.set_num_threads(threads)
-    subject = prepare_embedded(spacing_mm=spacing_mm, min_label_voxels=50)
-    pose = poses((0.1, -0.05, 0.1, 5.0, 850.0, -10.0)).float()
-    for size in (64, 128):
-        geometry = {"sdd": 1020.0, "height": size, "width": size, "delx": 400 / size}
-        geometry |= {"dely": 400 / size, "x0": 0.0, "y0": 0.0, "reverse_x_axis": True}
-        geometry["orientation"] = "AP"
-        drr = make_drr(Prepared(subject.ct, subject.affine, subject.landmarks, geometry), 1.0)
-        shape = tuple(drr.density.shape)
-        print(f"CT {shape} at {spacing_mm} mm, {size}x{size}, {n_points} samples, {threads} thr")
-        for name, fn in _timed_calls(drr, pose, n_points).items():
-            cpu, wall = _best_ms(fn)
-            print(f"  {name:46s} cpu {cpu:7.0f} ms  wall {wall:7.0f} ms")
-    print("load average:", os.getloadavg())
-
-
-def _timed_calls(drr, pose: torch.Tensor, n_points: int) -> dict:
-    projector = FeatureProjector.from_drr(drr)
-    span = projector.alpha_range(pose, drr.density.shape)
-    steps = [pose @ se3_exp(1e-3 * torch.eye(6)[k : k + 1]) for k in range(6)]
-
-    def diffdrr_backward():
-        render(drr, pose.clone().requires_grad_(True), n_points).sum().backward()
-
-    @torch.no_grad()
-    def diffdrr_differences():
-        return [render(drr, p, n_points) for p in [pose, *steps]]
-
-    calls = {
-        "diffdrr forward": lambda: render(drr, pose, n_points),
-        "diffdrr forward+backward (pose)": diffdrr_backward,
-        "diffdrr Jacobian, forward differences": diffdrr_differences,
-    }
-    for volume in (drr.density, torch.rand(9, *drr.density.shape)):
-        calls |= _projector_calls(projector, volume, pose, steps, span, n_points)
-    return calls
-
-
-def _projector_calls(projector, volume, pose, steps, span, n_points) -> dict:
-    c = 1 if volume.dim() == 3 else len(volume)
-
-    def backward():
-        v, p = volume.clone().requires_grad_(True), pose.clone().requires_grad_(True)
-        projector(v, p, n_points).sum().backward()
-
-    @torch.no_grad()
-    def differences():
-        return [projector(volume, p, n_points, span) for p in [pose, *steps]]
-
-    table = projector.prepare(volume)
-    return {
-        f"C={c} forward": torch.no_grad()(lambda: projector(volume, pose, n_points)),
-        f"C={c} forward, prepared table": torch.no_grad()(lambda: projector(table, pose, n_points)),
-        f"C={c} forward+backward (pose, volume)": backward,
-        f"C={c} Jacobian, analytic (per-ray gradients)": torch.no_grad()(
-            lambda: projector.forward_and_jacobian(volume, pose, n_points, span)
-        ),
-        f"C={c} Jacobian, analytic, prepared table": torch.no_grad()(
-            lambda: projector.forward_and_jacobian(table, pose, n_points, span)
-        ),
-        f"C={c} Jacobian, forward mode (jvp x 6)": lambda: projector.pose_jacobian(
-            volume, pose, n_points, span, method="forward"
-        ),
-        f"C={c} Jacobian, forward differences": differences,
-    }
-
-
-def _best_ms(fn, reps: int = 3) -> tuple[float, float]:
-    import time
-
-    fn()
-    cpu, wall = [], []
-    for _ in range(reps):
-        c, w = time.process_time(), time.perf_counter()
-        fn()
-        cpu.append(time.process_time() - c)
-        wall.append(time.perf_counter() - w)
-    return min(cpu) * 1000, min(wall) * 1000
-
-
-if __name__ == "__main__":
-    import sys
-
-    benchmark(*(float(a) for a in sys.argv[1:2]), *(int(a) for a in sys.argv[2:3]))
