@@ -24,6 +24,8 @@ from regbench.data.embedded import embedded_files, landmark_labels
 from regbench.data.landmarks import label_centroids, read_landmarks
 from regbench.data.prepare import PreparedSubject
 from regbench.data.volumes import voxel_to_world
+from regbench.geometry.priors import PosePrior
+from regbench.models.regressor import PoseRegressor
 from regbench.models.variants import VARIANTS
 from regbench.train.agnostic import train_regressor_agnostic, train_similarity_agnostic
 from regbench.train.regressor import load_regressor
@@ -214,18 +216,21 @@ def test_agnostic_similarity_trains_on_several_subjects(prepared_dir, tmp_path):
         "similarity": {
             "image_size": 32,
             "pooled_size": 8,
+            "patch_px": 3,
             "crop_px": 1,
             "n_points": 16,
             "steps": 3,
             "batch_size": 2,
+            "unroll_steps": 1,
             "checkpoint_every": 10,
         },
     }
     validate(settings, str(SCHEMA))
     out = tmp_path / "models" / "similarity-abl-no-ecnn.pt"
     device = torch.device("cpu")
+    regressor = PoseRegressor("resnet18", PosePrior.from_config(settings["prior"]))
     train_similarity_agnostic(
-        folders, "abl-no-ecnn", settings, 1, out, out.with_suffix(".log.csv"), device
+        folders, "abl-no-ecnn", settings, 1, out, out.with_suffix(".log.csv"), device, regressor
     )
     model = load_similarity(out, "abl-no-ecnn", settings, device)  # loads like a per-subject one
     assert model.variant == VARIANTS["abl-no-ecnn"]

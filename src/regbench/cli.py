@@ -159,6 +159,7 @@ def cmd_train_similarity_agnostic(args: argparse.Namespace) -> None:
     from regbench.render import resolve_device
     from regbench.seeding import derive_seed
     from regbench.train.agnostic import train_similarity_agnostic
+    from regbench.train.regressor import load_regressor
 
     if args.variant not in VARIANTS:
         raise InputError(f"unknown similarity variant '{args.variant}' (known: {sorted(VARIANTS)})")
@@ -166,6 +167,7 @@ def cmd_train_similarity_agnostic(args: argparse.Namespace) -> None:
     subjects = [Path(p).parent.name for p in args.prepared]  # .../{subject}/prepared
     seed = derive_seed(s["seed"], args.dataset, "_agnostic", *subjects, "similarity", args.variant)
     logging.info("patient-agnostic %s of %s on %s", args.variant, args.dataset, ", ".join(subjects))
+    device = resolve_device(s["device"])
     train_similarity_agnostic(
         args.prepared,
         args.variant,
@@ -173,7 +175,8 @@ def cmd_train_similarity_agnostic(args: argparse.Namespace) -> None:
         seed,
         Path(args.out),
         Path(args.log_csv),
-        resolve_device(s["device"]),
+        device,
+        load_regressor(args.regressor, s, device),
     )
 
 
@@ -275,12 +278,14 @@ def cmd_train_similarity(args: argparse.Namespace) -> None:
     from regbench.models.variants import VARIANTS
     from regbench.render import load_prepared, resolve_device
     from regbench.seeding import derive_seed
+    from regbench.train.regressor import load_regressor
     from regbench.train.similarity import train_similarity
 
     if args.variant not in VARIANTS:
         raise InputError(f"unknown similarity variant '{args.variant}' (known: {sorted(VARIANTS)})")
     s = _settings(args.settings)
     seed = derive_seed(s["seed"], args.dataset, args.subject, "similarity", args.variant)
+    device = resolve_device(s["device"])
     train_similarity(
         load_prepared(args.prepared),
         args.variant,
@@ -288,7 +293,8 @@ def cmd_train_similarity(args: argparse.Namespace) -> None:
         seed,
         Path(args.out),
         Path(args.log_csv),
-        resolve_device(s["device"]),
+        device,
+        load_regressor(args.regressor, s, device),
     )
 
 
@@ -410,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--variant", required=True)
     p.add_argument("--prepared", nargs="+", required=True, help="prepared/ folders")
+    p.add_argument("--regressor", required=True, help="the agnostic regressor.pt (starts)")
     p.add_argument("--out", required=True, help="similarity-{variant}.pt")
     p.add_argument("--log-csv", required=True, help="training log (step, loss, seconds)")
 
@@ -431,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     subject_args(p)
     p.add_argument("--variant", required=True)
     p.add_argument("--prepared", required=True)
+    p.add_argument("--regressor", required=True, help="the subject's regressor.pt (starts)")
     p.add_argument("--out", required=True, help="similarity-{variant}.pt")
     p.add_argument("--log-csv", required=True, help="training log (step, loss, seconds)")
 

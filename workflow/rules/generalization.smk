@@ -15,7 +15,7 @@ rule train_regressor_agnostic:
         log_csv=f"{R}/_agnostic/{{dataset}}/models/regressor.log.csv",
         snapshot=f"{R}/_agnostic/{{dataset}}/models/regressor.config.json",
     params:
-        settings=lambda w: settings("prior", "render", "regressor", "geometry"),
+        settings=lambda w: settings("prior", "render", "regressor", "geometry", "augment"),
         prepared=agnostic_train_dirs,
     wildcard_constraints:
         dataset=alternatives(AGNOSTIC),
@@ -39,12 +39,13 @@ rule train_regressor_agnostic:
 rule train_similarity_agnostic:
     input:
         agnostic_train_inputs,
+        regressor=rules.train_regressor_agnostic.output.model,
     output:
         model=f"{R}/_agnostic/{{dataset}}/models/similarity-{{method}}.pt",
         log_csv=f"{R}/_agnostic/{{dataset}}/models/similarity-{{method}}.log.csv",
         snapshot=f"{R}/_agnostic/{{dataset}}/models/similarity-{{method}}.config.json",
     params:
-        settings=lambda w: settings("prior", "render", "similarity", "geometry"),
+        settings=lambda w: settings("prior", "render", "similarity", "geometry", "augment", "regressor"),
         prepared=agnostic_train_dirs,
     wildcard_constraints:
         dataset=alternatives(AGNOSTIC),
@@ -62,7 +63,7 @@ rule train_similarity_agnostic:
     shell:
         "python -m regbench train-similarity-agnostic --dataset {wildcards.dataset}"
         " --variant {wildcards.method} --prepared {params.prepared}"
-        " --settings {params.settings:q}"
+        " --regressor {input.regressor} --settings {params.settings:q}"
         " --out {output.model} --log-csv {output.log_csv} --threads {threads} 2> {log}"
 
 

@@ -13,7 +13,7 @@ rule register:
         snapshot=f"{R}/{{dataset}}/{{subject}}/runs/{{method}}.config.json",
     params:
         settings=lambda w: settings(
-            "prior", "render", "regressor", "geometry", *method_sections(w.method)
+            "prior", "render", "regressor", "geometry", "augment", *method_sections(w.method)
         ),
         prepared=lambda w, input: os.path.dirname(input.ct),
         xrays=lambda w, input: os.path.dirname(input.xrays),
@@ -46,7 +46,7 @@ rule optimizer_study:
     output:
         f"{R}/{{dataset}}/{{subject}}/runs/optimizers.trajectory.csv",
     params:
-        settings=lambda w: settings("prior", "render", "regressor", "geometry", "similarity"),
+        settings=lambda w: settings("prior", "render", "regressor", "geometry", "augment", "similarity"),
         prepared=lambda w, input: os.path.dirname(input.ct),
         xrays=lambda w, input: os.path.dirname(input.xrays),
     threads: 1

@@ -8,7 +8,7 @@ rule train_regressor:
     # Every registration waits for it: start it before the similarity models.
     priority: 10
     params:
-        settings=lambda w: settings("prior", "render", "regressor", "geometry"),
+        settings=lambda w: settings("prior", "render", "regressor", "geometry", "augment"),
         prepared=lambda w, input: os.path.dirname(input.ct),
     threads: 2
     log:
@@ -30,12 +30,13 @@ rule train_regressor:
 rule train_similarity:
     input:
         **rules.prepare.output,
+        regressor=rules.train_regressor.output.model,
     output:
         model=f"{R}/{{dataset}}/{{subject}}/models/similarity-{{method}}.pt",
         log_csv=f"{R}/{{dataset}}/{{subject}}/models/similarity-{{method}}.log.csv",
         snapshot=f"{R}/{{dataset}}/{{subject}}/models/similarity-{{method}}.config.json",
     params:
-        settings=lambda w: settings("prior", "render", "similarity", "geometry"),
+        settings=lambda w: settings("prior", "render", "similarity", "geometry", "augment", "regressor"),
         prepared=lambda w, input: os.path.dirname(input.ct),
     threads: 1
     log:
@@ -51,5 +52,5 @@ rule train_similarity:
     shell:
         "python -m regbench train-similarity --dataset {wildcards.dataset}"
         " --subject {wildcards.subject} --variant {wildcards.method}"
-        " --prepared {params.prepared} --settings {params.settings:q}"
+        " --prepared {params.prepared} --regressor {input.regressor} --settings {params.settings:q}"
         " --out {output.model} --log-csv {output.log_csv} --threads {threads} 2> {log}"

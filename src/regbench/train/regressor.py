@@ -8,23 +8,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from diffdrr.drr import DRR
 from tqdm import tqdm
 
 from regbench.errors import InputError
 from regbench.geometry.poses import carm_pose
 from regbench.geometry.priors import PosePrior
 from regbench.models.regressor import PoseRegressor
-from regbench.render import Prepared, make_drr, render
-from regbench.train.augment import augment
+from regbench.render import Prepared
 from regbench.train.checkpoint import TrainingState, load_checkpoint
+from regbench.train.xray_domain import TrainingXrays
 
 log = logging.getLogger(__name__)
 
 
 def regressor_settings(settings: dict) -> dict:
     """The part of the config a regressor depends on (its checkpoint fingerprint)."""
-    keys = ("seed", "prior", "render", "regressor", "geometry")
+    keys = ("seed", "prior", "render", "regressor", "geometry", "augment")
     return {k: settings[k] for k in keys}
 
 
@@ -41,27 +40,25 @@ def train_regressor(
     A resumable state is kept in ``out.with_suffix('.partial')`` every ``checkpoint_every``
     steps; a rerun after a crash continues from it and ends with the same weights.
     """
-    render_cfg = settings["render"]
-    drr = make_drr(prepared, render_cfg["bone_attenuation"], render_cfg["renderer"], device)
-    return run_regressor_training(lambda generator: drr, settings, seed, out, log_csv, device)
+    xrays = TrainingXrays(prepared, settings, device)
+    return run_regressor_training(lambda generator: xrays, settings, seed, out, log_csv, device)
 
 
 def run_regressor_training(
-    drr_for_step: Callable[[torch.Generator], DRR],
+    xrays_for_step: Callable[[torch.Generator], TrainingXrays],
     settings: dict,
     seed: int,
     out: Path,
     log_csv: Path,
     device: torch.device,
 ) -> PoseRegressor:
-    """The training loop of every regressor; ``drr_for_step(generator)`` gives the renderer of
-    each step (one subject, or a subject drawn from the training set with the run's generator,
-    before the step's poses)."""
+    """The training loop of every regressor; ``xrays_for_step(generator)`` gives the training
+    X-ray renderer of each step (one subject, or a subject drawn from the training set with the
+    run's generator, before the step's poses)."""
     cfg = settings["regressor"]
     fp_settings = {**regressor_settings(settings), "subject_seed": seed}
     clinical = PosePrior.from_config(settings["prior"])
     train_prior = PosePrior.from_config(settings["prior"], scale=cfg["prior_scale"])
-    n_points = settings["render"]["n_points"]
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -75,10 +72,9 @@ def run_regressor_training(
     t0 = time.perf_counter() - state.resume(partial, log)
     model.train()
     for _ in tqdm(range(state.step, cfg["steps"]), desc="regressor", mininterval=5):
-        drr = drr_for_step(generator)
+        xrays = xrays_for_step(generator)
         rot, trans = train_prior.sample_params(cfg["batch_size"], generator)
-        with torch.no_grad():
-            images = augment(render(drr, carm_pose(rot, trans), n_points).cpu(), generator)
+        images = xrays.sample(carm_pose(rot, trans), generator)
         target = model.normalise(rot, trans).to(device)
         loss = torch.nn.functional.mse_loss(model(images.to(device)), target)
         optimizer.zero_grad()

@@ -1,10 +1,17 @@
-"""Per-subject training of a learned similarity by gradient matching (ProST's idea).
+"""Per-subject training of a learned similarity: gradient matching and unrolled LM.
 
-For a ground-truth pose T_gt and a start pose T near it, the pose gradient of the learned
-distance, g = ds/dxi at xi = 0 (T(xi) = T @ exp(xi)), is pushed to point like the gradient of
-the true pose distance g* = d(1/2 d(T(xi), T_gt)^2)/dxi (se(3) or SO(4) distance): only the
-directions of the rotational and translational parts are matched, so descending the learned
-similarity moves the pose towards T_gt.
+For a ground-truth pose T_gt and a start pose T (the initialiser's estimate on the training
+X-ray, or a pose near the truth), two losses:
+
+* gradient matching (ProST's idea): the pose gradient of the learned distance,
+  g = ds/dxi at xi = 0 (T(xi) = T @ exp(xi)), is pushed to point like the gradient of the true
+  pose distance g* = d(1/2 d(T(xi), T_gt)^2)/dxi (se(3) or SO(4)); only the directions of the
+  rotational and translational parts are matched;
+* the paper's differentiable Levenberg-Marquardt: a few LM steps on the learned residual from T,
+  kept in the graph, and the distance of their result to T_gt. Gradient directions alone do not
+  pin the residual's zero at the truth; this loss does.
+
+Training X-rays carry the test domain's gap randomised (:mod:`regbench.train.xray_domain`).
 """
 
 from __future__ import annotations
@@ -19,13 +26,15 @@ import torch
 from tqdm import tqdm
 
 from regbench.errors import InputError
-from regbench.geometry.poses import carm_params, carm_pose, invert, perturb
+from regbench.geometry.poses import carm_params, carm_pose, perturb
 from regbench.geometry.priors import PosePrior
-from regbench.geometry.so4 import target_gradient
-from regbench.models.similarity import SimilarityGeometry, SimilarityModel
+from regbench.geometry.targets import pose_distance_sq, training_target
+from regbench.models.regressor import PoseRegressor
+from regbench.models.residual import LatentResidual
+from regbench.models.similarity import SimilarityGeometry, SimilarityModel, resize_images
 from regbench.models.variants import VARIANTS
-from regbench.render import Prepared, render
-from regbench.train.augment import augment
+from regbench.optim.lm import levenberg_marquardt, pose_residual
+from regbench.render import Prepared
 from regbench.train.checkpoint import TrainingState, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -33,7 +42,7 @@ log = logging.getLogger(__name__)
 
 def similarity_settings(settings: dict, variant: str) -> dict:
     """The part of the config a similarity model depends on (its checkpoint fingerprint)."""
-    keys = ("seed", "prior", "render", "similarity", "geometry")
+    keys = ("seed", "prior", "render", "similarity", "geometry", "augment", "regressor")
     return {**{k: settings[k] for k in keys}, "variant": variant}
 
 
@@ -46,6 +55,7 @@ def build_similarity_model(variant: str, cfg: dict) -> SimilarityModel:
         cfg["encoder"],
         cfg["pooled_size"],
         cfg["crop_px"],
+        cfg["patch_px"],
     )
 
 
@@ -60,14 +70,29 @@ def direction_loss(g: torch.Tensor, target: torch.Tensor, eps: float = 1e-12) ->
     return loss.mean()
 
 
-def sample_start(pose_gt: torch.Tensor, cfg: dict, generator: torch.Generator) -> torch.Tensor:
-    """Start poses within the capture range, drawn like the regressor's errors: Gaussian in
-    the C-arm parameterization (angles about the isocentre, source offset) around the truth."""
+def sample_starts(
+    pose_gt: torch.Tensor,
+    initial: torch.Tensor,
+    cfg: dict,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Start poses as registration meets them: the initialiser's own estimates ``initial``
+    (its actual error distribution), a ``near_truth_fraction`` of them replaced by the truth
+    moved by a small Gaussian step in the C-arm parameterization (so training also sees, and
+    keeps, the minimum at the truth)."""
+    n = len(pose_gt)
     rot, trans = carm_params(pose_gt)
-    z = torch.randn(len(pose_gt), 6, generator=generator, dtype=torch.float64)
-    rot = rot + z[:, :3] * math.radians(cfg["start_rotation_deg"])
-    trans = trans + z[:, 3:] * cfg["start_translation_mm"]
-    return carm_pose(rot, trans)
+    z = torch.randn(n, 6, generator=generator, dtype=torch.float64)
+    rot = rot + z[:, :3] * math.radians(cfg["near_truth_rotation_deg"])
+    trans = trans + z[:, 3:] * cfg["near_truth_translation_mm"]
+    near = torch.rand(n, generator=generator, dtype=torch.float64) < cfg["near_truth_fraction"]
+    return torch.where(near[:, None, None], carm_pose(rot, trans), initial.double())
+
+
+def pose_distance_mm(pose: torch.Tensor, pose_gt: torch.Tensor, L: float, kind: str):
+    """The variant's pose distance (se(3) or SO(4)) times ``L``: mm-like, (N,)."""
+    d_sq = pose_distance_sq(pose, pose_gt, L, kind)
+    return L * torch.sqrt(d_sq + (1e-3 / L) ** 2)
 
 
 def matching_loss(
@@ -80,21 +105,45 @@ def matching_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient-matching loss and the learned distances at the start poses.
 
-    Increments act in a frame at the isocentre (the start camera's axes, moved to the world
-    origin), so rotation and translation parts of the gradients are not coupled by the
-    source-isocentre lever arm; the target distance compares the same frames of both poses.
+    Increments are the raw camera-frame right perturbations of the start pose; each target
+    (:func:`regbench.geometry.targets.training_target`) is the gradient of its paper's distance
+    in its paper's frame, expressed in those same increments.
     """
-    centre = torch.eye(4, dtype=start.dtype).repeat(len(start), 1, 1)
-    centre[:, :3, 3] = invert(start)[:, :3, 3]  # the world origin in each start camera's frame
-    start_c, gt_c = start @ centre, pose_gt @ centre
     xi = torch.zeros(len(start), 6, dtype=torch.float64, requires_grad=True)
     e_x = model.embed_xray(xrays)
-    moved = perturb(start_c, xi) @ invert(centre)
-    e_d = model.embed_drr(setup.projector, features, moved, setup.n_points)
+    e_d = model.embed_drr(setup.projector, features, perturb(start, xi), setup.n_points)
     distance = model.distance(e_x, e_d)
     (g,) = torch.autograd.grad(distance.sum(), xi, create_graph=True)
-    target = target_gradient(start_c, gt_c, setup.characteristic_length, model.variant.target)
+    target = training_target(start, pose_gt, setup.characteristic_length, model.variant.target)
     return direction_loss(g, target.to(g.dtype)), distance.detach()
+
+
+def unrolled_lm_loss(
+    model: SimilarityModel,
+    setup: SimilarityGeometry,
+    features: torch.Tensor,
+    xrays: torch.Tensor,
+    start: torch.Tensor,
+    pose_gt: torch.Tensor,
+    steps: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's differentiable LM in training: ``steps`` Levenberg-Marquardt iterations on
+    the learned residual from ``start``, kept in the autograd graph; the loss is the mean
+    distance (se(3) or SO(4), as the variant's target, in mm-like units) of the final pose to
+    the truth. Returns the loss and the final distances (N,)."""
+    L = setup.characteristic_length
+    residual = LatentResidual(model, setup, xrays, features)
+    result = levenberg_marquardt(
+        pose_residual(residual),
+        start.double(),
+        jacobian=residual.unrolled_jacobian,
+        max_iterations=steps,
+        scale=torch.tensor([L, L, L, 1.0, 1.0, 1.0], dtype=torch.float64),
+        step_tol=1e-6,
+        differentiable=True,
+    )
+    distance = pose_distance_mm(result.pose, pose_gt.double(), L, model.variant.target)
+    return distance.mean(), distance.detach()
 
 
 def train_similarity(
@@ -105,11 +154,13 @@ def train_similarity(
     out: Path,
     log_csv: Path,
     device: torch.device,
+    regressor: PoseRegressor,
 ) -> SimilarityModel:
-    """Train one variant on one subject and write ``out``, ``log_csv`` and a config snapshot."""
+    """Train one variant on one subject and write ``out``, ``log_csv`` and a config snapshot;
+    ``regressor`` (the subject's initialiser) gives the training starts."""
     setup = SimilarityGeometry(prepared, settings, device)
     return run_similarity_training(
-        lambda generator: setup, variant, settings, seed, out, log_csv, device
+        lambda generator: setup, variant, settings, seed, out, log_csv, device, regressor
     )
 
 
@@ -121,9 +172,11 @@ def run_similarity_training(
     out: Path,
     log_csv: Path,
     device: torch.device,
+    regressor: PoseRegressor,
 ) -> SimilarityModel:
-    """The gradient-matching loop; ``setup_for_step(generator)`` is the subject of a step (the
-    one subject, or one drawn per step with the run's generator when patient-agnostic)."""
+    """The training loop: gradient matching plus the unrolled-LM loss (weight
+    ``lm_loss_weight``); ``setup_for_step(generator)`` is the subject of a step (the one
+    subject, or one drawn per step with the run's generator when patient-agnostic)."""
     cfg = settings["similarity"]
     fp_settings = {**similarity_settings(settings, variant), "subject_seed": seed}
     train_prior = PosePrior.from_config(settings["prior"], scale=cfg["prior_scale"])
@@ -137,22 +190,40 @@ def run_similarity_training(
     partial = out.with_suffix(".partial")
     t0 = time.perf_counter() - state.resume(partial, log)
     model.train()
+    regressor.eval()
     for _ in tqdm(range(state.step, cfg["steps"]), desc=variant, mininterval=5):
         setup = setup_for_step(generator)
         pose_gt = carm_pose(*train_prior.sample_params(cfg["batch_size"], generator))
+        xrays = setup.training_xrays().sample(pose_gt, generator).to(device)
+        detector = setup.prepared.geometry  # the regressor sees X-rays at their own size
         with torch.no_grad():
-            xrays = augment(render(setup.xray_drr, pose_gt, setup.n_points).cpu(), generator)
-        start = sample_start(pose_gt, cfg, generator)
+            initial = regressor.predict(
+                resize_images(xrays, int(detector["height"]), int(detector["width"]))
+            )
+        start = sample_starts(pose_gt, initial.cpu(), cfg, generator)
         features = model.features(setup.density)
-        loss, _ = matching_loss(model, setup, features, xrays.to(device), start, pose_gt)
+        loss, _ = matching_loss(model, setup, features, xrays, start, pose_gt)
+        lm_loss = torch.zeros((), dtype=torch.float64)
+        if cfg["lm_loss_weight"] > 0 and cfg["unroll_steps"] > 0:
+            lm_loss, _ = unrolled_lm_loss(
+                model, setup, features, xrays, start, pose_gt, cfg["unroll_steps"]
+            )
+        total = loss + cfg["lm_loss_weight"] * lm_loss
         optimizer.zero_grad()
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
         scheduler.step()
         seconds = time.perf_counter() - t0
-        if state.end_step(loss.item(), seconds, cfg["checkpoint_every"], cfg["steps"], partial):
-            log.info("%s step %d loss %.4f", variant, state.step, loss.item())
+        if state.end_step(total.item(), seconds, cfg["checkpoint_every"], cfg["steps"], partial):
+            log.info(
+                "%s step %d loss %.4f (matching %.4f, unrolled LM %.3f mm)",
+                variant,
+                state.step,
+                total.item(),
+                loss.item(),
+                lm_loss.item(),
+            )
     state.finish(out, log_csv, {"variant": variant})
     return model
 

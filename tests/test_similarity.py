@@ -1,0 +1,142 @@
+"""The learned similarity: image terms, fast LM Jacobian, unrolled-LM training loss, starts,
+and the training X-rays' randomised domain gap."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import SCHEMA
+from snakemake.utils import validate
+
+from regbench.geometry.poses import carm_params, carm_pose, perturb
+from regbench.methods.similarity import multiscale_ncc
+from regbench.models.residual import LatentResidual
+from regbench.models.similarity import SimilarityGeometry
+from regbench.render import make_drr, render
+from regbench.train.similarity import build_similarity_model, sample_starts, unrolled_lm_loss
+from regbench.train.xray_domain import TrainingXrays, density_parts
+
+
+@pytest.fixture(scope="module")
+def settings() -> dict:
+    s = {
+        "seed": 0,
+        "geometry": {"height": 32, "width": 32},
+        "render": {"n_points": 48},
+        "similarity": {"patch_px": 5, "crop_px": 1, "channels": 2},
+    }
+    validate(s, str(SCHEMA))
+    return s
+
+
+@pytest.fixture(scope="module")
+def setup(prepared, settings) -> SimilarityGeometry:
+    return SimilarityGeometry(prepared, settings, "cpu")
+
+
+def _pose(rot_deg=(0.0, 0.0, 0.0), trans=(0.0, 850.0, 0.0)) -> torch.Tensor:
+    rot = torch.tensor([[math.radians(a) for a in rot_deg]], dtype=torch.float64)
+    return carm_pose(rot, torch.tensor([trans], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("bone", [1.0, 1.6])
+def test_density_parts_are_diffdrrs_density(prepared, bone):
+    """``A + m B`` is diffdrr's density for bone multiplier m, up to one scale."""
+    drr = make_drr(prepared, bone, "trilinear")
+    parts = density_parts(prepared.ct)
+    ours = parts[0] + bone * parts[1]
+    ref = drr.density.float()
+    assert torch.allclose(ours / ours.max(), ref / ref.max(), atol=1e-6)
+
+
+def test_training_xrays_render_the_test_contrast(prepared, settings):
+    """At the test X-rays' bone multiplier, the training renderer's clean image is the DRR
+    the simulator renders (up to the scale the degradation removes)."""
+    xrays = TrainingXrays(prepared, settings)
+    pose = _pose((2.0, -1.0, 0.5), (3.0, 860.0, -2.0))
+    ours = xrays.clean(pose, torch.tensor([1.6]))
+    ref = render(make_drr(prepared, 1.6, "compiled"), pose, settings["render"]["n_points"])
+    assert torch.allclose(ours / ours.max(), ref / ref.max(), atol=1e-5)
+    images = xrays.sample(pose.repeat(3, 1, 1), torch.Generator().manual_seed(0))
+    assert images.shape == (3, 1, 32, 32) and torch.isfinite(images).all()
+    assert not torch.allclose(images[0], images[1])  # each image its own contrast and noise
+
+
+def test_untrained_spherical_distance_is_arccos_of_diffposes_mncc(setup, settings):
+    """With the encoder features switched off, cos(distance) is DiffPose's multiscale NCC of
+    the two images inside the crop (same patches, same weights)."""
+    model = build_similarity_model("ours-so4", settings["similarity"]).eval()
+    with torch.no_grad():
+        model.feature_gain.zero_()
+        features = model.features(setup.density)
+        gt, moved = _pose(), _pose((1.5, 0.0, -1.0), (4.0, 855.0, 3.0))
+        xray = setup.projector(features, gt, setup.n_points)[:, :1]
+        drr = setup.projector(features, moved, setup.n_points)
+        distance = model.distance(model.embed_xray(xray), model.embed_drr_images(drr))
+        expected = multiscale_ncc(5, border_px=1)(drr[:, :1], xray)
+    assert torch.allclose(torch.cos(distance), expected.to(distance), atol=1e-4)
+
+
+def test_fast_jacobian_matches_central_differences(setup, settings):
+    """Every column of the LM Jacobian (compiled projector + tangents through the encoders)
+    matches central differences of the residual in the pose."""
+    torch.manual_seed(0)
+    model = build_similarity_model("ours-so4", settings["similarity"]).eval()
+    with torch.no_grad():
+        model.feature_gain.fill_(1.0)
+        features = model.features(setup.density)
+        xray = setup.projector(features[:1], _pose(), setup.n_points)
+        residual = LatentResidual(model, setup, xray, features)
+    pose = _pose((2.0, 1.0, -1.0), (5.0, 845.0, -4.0))
+    _, jac = residual.linearise(pose)
+    steps = torch.tensor([1e-4] * 3 + [0.05] * 3, dtype=torch.float64)
+    for k in range(6):
+        dxi = torch.zeros(1, 6, dtype=torch.float64)
+        dxi[0, k] = steps[k]
+        fd = (residual(perturb(pose, dxi)) - residual(perturb(pose, -dxi))) / (2 * steps[k])
+        error = (jac[0, :, k] - fd[0]).norm() / fd[0].norm()
+        assert error < 0.05, (k, float(error))
+
+
+def test_unrolled_lm_moves_towards_the_truth_and_trains_every_part(setup, settings):
+    """Differentiable LM on an untrained model lowers the distance to the truth, and its loss
+    sends finite, non-zero gradients to the gains, the encoders and the volume network."""
+    torch.manual_seed(0)
+    model = build_similarity_model("ours-so4", settings["similarity"])
+    gt = _pose((1.0, -2.0, 0.5), (2.0, 850.0, 1.0))
+    with torch.no_grad():
+        xray = setup.projector(model.features(setup.density)[:1], gt, setup.n_points)
+    rot, trans = carm_params(gt)
+    start = carm_pose(rot + math.radians(1.5), trans + torch.tensor([[3.0, 6.0, -3.0]]))
+    features = model.features(setup.density)
+    loss, final = unrolled_lm_loss(model, setup, features, xray, start, gt, steps=3)
+    before, _ = unrolled_lm_loss(model, setup, features, xray, start, gt, steps=0)
+    assert float(final[0]) < 0.5 * float(before)
+    loss.backward()
+    for name in ("image_gain", "feature_gain"):
+        grad = getattr(model, name).grad
+        assert grad is not None and torch.isfinite(grad) and grad.abs() > 0, name
+    for part in (model.encoder_drr, model.encoder_xray, model.volume_net):
+        grads = [p.grad for p in part.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_training_starts_mix_the_initialiser_and_near_truth_poses():
+    cfg = {
+        "near_truth_fraction": 0.5,
+        "near_truth_rotation_deg": 0.5,
+        "near_truth_translation_mm": 2,
+    }
+    gt = _pose().repeat(400, 1, 1)
+    initial = _pose((5.0, 0.0, 0.0), (0.0, 870.0, 0.0)).repeat(400, 1, 1)
+    starts = sample_starts(gt, initial, cfg, torch.Generator().manual_seed(0))
+    from_initialiser = torch.isclose(starts, initial).all(-1).all(-1)
+    assert 0.4 < float(from_initialiser.double().mean()) < 0.6
+    near = starts[~from_initialiser]
+    offset = (near[:, :3, 3] - gt[: len(near), :3, 3]).norm(dim=-1)
+    assert float(offset.median()) < 10.0  # a few mm, plus the source's lever arm
+    none = sample_starts(gt, initial, {**cfg, "near_truth_fraction": 0.0}, torch.Generator())
+    assert torch.equal(none, initial)
