@@ -15,7 +15,7 @@ rule train_regressor_agnostic:
         log_csv=f"{R}/_agnostic/{{dataset}}/models/regressor.log.csv",
         snapshot=f"{R}/_agnostic/{{dataset}}/models/regressor.config.json",
     params:
-        settings=lambda w: settings("prior", "render", "regressor", "geometry"),
+        settings=lambda w: agnostic_settings(w.dataset, "prior", "render", "regressor", "geometry"),
         prepared=agnostic_train_dirs,
     wildcard_constraints:
         dataset=alternatives(AGNOSTIC),
@@ -44,7 +44,7 @@ rule train_similarity_agnostic:
         log_csv=f"{R}/_agnostic/{{dataset}}/models/similarity-{{method}}.log.csv",
         snapshot=f"{R}/_agnostic/{{dataset}}/models/similarity-{{method}}.config.json",
     params:
-        settings=lambda w: settings("prior", "render", "similarity", "geometry"),
+        settings=lambda w: agnostic_settings(w.dataset, "prior", "render", "similarity", "geometry"),
         prepared=agnostic_train_dirs,
     wildcard_constraints:
         dataset=alternatives(AGNOSTIC),
@@ -81,6 +81,8 @@ use rule register as register_agnostic with:
         runs=f"{R}/_agnostic/{{dataset}}/{{subject}}/runs/{{method}}.csv",
         trajectory=f"{R}/_agnostic/{{dataset}}/{{subject}}/runs/{{method}}.trajectory.csv",
         snapshot=f"{R}/_agnostic/{{dataset}}/{{subject}}/runs/{{method}}.config.json",
+    params:
+        settings=lambda w: register_settings(w, agnostic=True),
     wildcard_constraints:
         dataset=alternatives(AGNOSTIC),
     log:

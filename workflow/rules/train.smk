@@ -8,7 +8,7 @@ rule train_regressor:
     # Every registration waits for it: start it before the similarity models.
     priority: 10
     params:
-        settings=lambda w: settings("prior", "render", "regressor", "geometry"),
+        settings=lambda w: subject_settings(w.dataset, w.subject, "prior", "render", "regressor", "geometry"),
         prepared=lambda w, input: os.path.dirname(input.ct),
     threads: 2
     log:
@@ -35,7 +35,7 @@ rule train_similarity:
         log_csv=f"{R}/{{dataset}}/{{subject}}/models/similarity-{{method}}.log.csv",
         snapshot=f"{R}/{{dataset}}/{{subject}}/models/similarity-{{method}}.config.json",
     params:
-        settings=lambda w: settings("prior", "render", "similarity", "geometry"),
+        settings=lambda w: subject_settings(w.dataset, w.subject, "prior", "render", "similarity", "geometry"),
         prepared=lambda w, input: os.path.dirname(input.ct),
     threads: 1
     log:
