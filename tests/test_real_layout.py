@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from real_layout import write_deepfluoro, write_ljubljana
 from test_priors import paper_config
 

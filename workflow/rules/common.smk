@@ -241,6 +241,13 @@ def raw_inputs(wildcards):
     return raw_records(d, s)
 
 
+def data_check(wildcards):
+    """The check_data report a parsed subject's training waits for (none when simulated)."""
+    if wildcards.dataset not in PARSED_DATASETS:
+        return []
+    return f"{subject_dir(wildcards.dataset, wildcards.subject)}/checks/check_data.csv"
+
+
 def source_option(wildcards):
     """`--source` of `regbench prepare` for datasets prepared from downloaded files."""
     d = wildcards.dataset

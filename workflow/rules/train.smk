@@ -1,6 +1,7 @@
 rule train_regressor:
     input:
         **rules.prepare.output,
+        checked=data_check,
     output:
         model=f"{R}/{{dataset}}/{{subject}}/models/regressor.pt",
         log_csv=f"{R}/{{dataset}}/{{subject}}/models/regressor.log.csv",
@@ -30,6 +31,7 @@ rule train_regressor:
 rule train_similarity:
     input:
         **rules.prepare.output,
+        checked=data_check,
     output:
         model=f"{R}/{{dataset}}/{{subject}}/models/similarity-{{method}}.pt",
         log_csv=f"{R}/{{dataset}}/{{subject}}/models/similarity-{{method}}.log.csv",
