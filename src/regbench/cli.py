@@ -86,6 +86,26 @@ def cmd_parse(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_check_data(args: argparse.Namespace) -> None:
+    from regbench.data.checks import check_subject, failures
+    from regbench.data.xrays import read_xrays
+    from regbench.io import write_csv
+    from regbench.render import load_prepared
+
+    s = _settings(args.settings)
+    prepared = load_prepared(args.prepared)
+    xrays = read_xrays(args.xrays, prepared.geometry)
+    report = check_subject(
+        args.dataset, args.subject, prepared, xrays, s["prior"], s, args.source, args.max_xrays
+    )
+    print(report.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    problems = failures(report)
+    write_csv(report, args.out)  # written either way: the report says what is off
+    if problems:
+        raise InputError("check-data failed:\n  " + "\n  ".join(problems))
+    logging.info("check-data %s/%s: all checks pass", args.dataset, args.subject)
+
+
 def cmd_simulate(args: argparse.Namespace) -> None:
     from regbench.data.simulate import simulate_xrays
     from regbench.geometry.priors import PosePrior
@@ -387,6 +407,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="HDF5 file or custom folder")
     p.add_argument("--prepared", required=True, help="prepared/ folder to write")
     p.add_argument("--xrays", required=True, help="xrays/ folder to write")
+
+    p = stage(
+        "check-data",
+        cmd_check_data,
+        "check a parsed subject against its raw file (reprojection, prior z-scores, NCC)",
+    )
+    subject_args(p)
+    p.add_argument("--source", help="the raw HDF5 file (for its 2D landmarks)")
+    p.add_argument("--prepared", required=True)
+    p.add_argument("--xrays", required=True)
+    p.add_argument("--max-xrays", type=int, default=5, help="X-rays checked per subject")
+    p.add_argument("--out", required=True, help="check_data.csv")
 
     p = stage("prepare", cmd_prepare, "CT preprocessing: resample, centre, landmarks")
     subject_args(p)

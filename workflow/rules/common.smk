@@ -73,6 +73,31 @@ def alternatives(names):
 
 
 check_datasets()
+
+
+def resolve_priors():
+    """Each prepared subject's prior block, and one per agnostic scenario (all its subjects'
+    priors must agree: its models are trained and registered under one prior)."""
+    priors, shared = {}, {}
+    for dataset in DATASETS:
+        for subject in data_subjects(dataset):
+            try:
+                priors[(dataset, subject)] = registry.resolve_prior(config, dataset, subject)
+            except InputError as exc:
+                raise WorkflowError(f"config: {exc}") from None
+        if dataset in AGNOSTIC:
+            a = AGNOSTIC[dataset]
+            blocks = {json.dumps(priors[(dataset, s)], sort_keys=True) for s in a["train_subjects"] + a["test_subjects"]}
+            if len(blocks) > 1:
+                raise WorkflowError(
+                    f"config: datasets.{dataset}.agnostic: its subjects have different pose "
+                    "priors (views); train and test an agnostic scenario on one view"
+                )
+            shared[dataset] = json.loads(blocks.pop())
+    return priors, shared
+
+
+PRIORS, AGNOSTIC_PRIORS = resolve_priors()
 PARSED_DATASETS = [d for d in DATASETS if registry.has_parsed_xrays(d)]
 SIMULATED_DATASETS = [d for d in DATASETS if not registry.has_parsed_xrays(d)]
 DOWNLOADED_DATASETS = [d for d in DATASETS if registry.info(d).downloaded]
@@ -90,6 +115,32 @@ def settings(*sections):
     """JSON of the config sections a job depends on, so that editing them reruns it."""
     keys = ("seed", "device", "threads", *sections)
     return json.dumps({k: config[k] for k in keys}, sort_keys=True)
+
+
+def subject_settings(dataset, subject, *sections):
+    """settings(*sections) with `prior` replaced by the subject's own (dataset, then view)."""
+    blob = json.loads(settings(*sections))
+    if "prior" in blob:
+        blob["prior"] = PRIORS[(dataset, subject)]
+    return json.dumps(blob, sort_keys=True)
+
+
+def agnostic_settings(dataset, *sections):
+    """settings(*sections) with the prior shared by a dataset's agnostic subjects."""
+    blob = json.loads(settings(*sections))
+    if "prior" in blob:
+        blob["prior"] = AGNOSTIC_PRIORS[dataset]
+    return json.dumps(blob, sort_keys=True)
+
+
+def register_settings(wildcards, agnostic=False):
+    """What a registration depends on; an agnostic one uses its models' (shared) prior."""
+    sections = (
+        "prior", "render", "regressor", "geometry", "augment", *method_sections(wildcards.method)
+    )
+    if agnostic:
+        return agnostic_settings(wildcards.dataset, *sections)
+    return subject_settings(wildcards.dataset, wildcards.subject, *sections)
 
 
 def method_sections(method):
@@ -192,6 +243,13 @@ def raw_inputs(wildcards):
     return raw_records(d, s)
 
 
+def data_check(wildcards):
+    """The check_data report a parsed subject's training waits for (none when simulated)."""
+    if wildcards.dataset not in PARSED_DATASETS:
+        return []
+    return f"{subject_dir(wildcards.dataset, wildcards.subject)}/checks/check_data.csv"
+
+
 def source_option(wildcards):
     """`--source` of `regbench prepare` for datasets prepared from downloaded files."""
     d = wildcards.dataset
@@ -200,7 +258,7 @@ def source_option(wildcards):
 
 def simulate_settings(wildcards):
     """Rendering settings, plus the dataset's own number of X-rays when it sets one."""
-    blob = json.loads(settings("prior", "render", "simulate"))
+    blob = json.loads(subject_settings(wildcards.dataset, wildcards.subject, "prior", "render", "simulate"))
     n_xrays = config["datasets"][wildcards.dataset].get("n_xrays")
     if n_xrays:
         blob["datasets"] = {wildcards.dataset: {"n_xrays": n_xrays}}

@@ -115,3 +115,38 @@ rule parse:
         "python -m regbench parse --dataset {wildcards.dataset} --subject {wildcards.subject}"
         " --source {params.source:q} --settings {params.settings:q}"
         " --prepared {params.prepared} --xrays {params.xrays} 2> {log}"
+
+
+# Parsed subjects are checked against their raw files before any model is trained on them.
+rule check_data:
+    input:
+        raw_inputs,
+        **rules.parse.output,
+    output:
+        report(
+            f"{R}/{{dataset}}/{{subject}}/checks/check_data.csv",
+            caption="../report/check_data.rst",
+            category="Data checks",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "subject": "{subject}"},
+        ),
+    params:
+        settings=lambda w: subject_settings(w.dataset, w.subject, "prior", "render"),
+        source=lambda w: f"--source {shlex.quote(source_path(w.dataset, w.subject))}"
+        if w.dataset in DOWNLOADED_DATASETS
+        else "",
+        prepared=lambda w, input: os.path.dirname(input.ct),
+        xrays=lambda w, input: os.path.dirname(input.xrays),
+    wildcard_constraints:
+        dataset=alternatives(PARSED_DATASETS),
+    log:
+        f"{R}/logs/check_data/{{dataset}}/{{subject}}.log",
+    resources:
+        mem_mb=6000,
+        runtime=20,
+    conda:
+        "../../envs/regbench.yaml"
+    shell:
+        "python -m regbench check-data --dataset {wildcards.dataset} --subject {wildcards.subject}"
+        " {params.source} --prepared {params.prepared} --xrays {params.xrays}"
+        " --settings {params.settings:q} --out {output} 2> {log}"

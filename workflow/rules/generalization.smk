@@ -15,7 +15,7 @@ rule train_regressor_agnostic:
         log_csv=f"{R}/_agnostic/{{dataset}}/models/regressor.log.csv",
         snapshot=f"{R}/_agnostic/{{dataset}}/models/regressor.config.json",
     params:
-        settings=lambda w: settings("prior", "render", "regressor", "geometry", "augment"),
+        settings=lambda w: agnostic_settings(w.dataset, "prior", "render", "regressor", "geometry", "augment"),
         prepared=agnostic_train_dirs,
     wildcard_constraints:
         dataset=alternatives(AGNOSTIC),
@@ -45,7 +45,7 @@ rule train_similarity_agnostic:
         log_csv=f"{R}/_agnostic/{{dataset}}/models/similarity-{{method}}.log.csv",
         snapshot=f"{R}/_agnostic/{{dataset}}/models/similarity-{{method}}.config.json",
     params:
-        settings=lambda w: settings("prior", "render", "similarity", "geometry", "augment", "regressor"),
+        settings=lambda w: agnostic_settings(w.dataset, "prior", "render", "similarity", "geometry", "augment", "regressor"),
         prepared=agnostic_train_dirs,
     wildcard_constraints:
         dataset=alternatives(AGNOSTIC),
@@ -82,6 +82,8 @@ use rule register as register_agnostic with:
         runs=f"{R}/_agnostic/{{dataset}}/{{subject}}/runs/{{method}}.csv",
         trajectory=f"{R}/_agnostic/{{dataset}}/{{subject}}/runs/{{method}}.trajectory.csv",
         snapshot=f"{R}/_agnostic/{{dataset}}/{{subject}}/runs/{{method}}.config.json",
+    params:
+        settings=lambda w: register_settings(w, agnostic=True),
     wildcard_constraints:
         dataset=alternatives(AGNOSTIC),
     log:

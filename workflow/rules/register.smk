@@ -12,9 +12,7 @@ rule register:
         trajectory=f"{R}/{{dataset}}/{{subject}}/runs/{{method}}.trajectory.csv",
         snapshot=f"{R}/{{dataset}}/{{subject}}/runs/{{method}}.config.json",
     params:
-        settings=lambda w: settings(
-            "prior", "render", "regressor", "geometry", "augment", *method_sections(w.method)
-        ),
+        settings=register_settings,
         prepared=lambda w, input: os.path.dirname(input.ct),
         xrays=lambda w, input: os.path.dirname(input.xrays),
         similarity=lambda w, input: f"--similarity {input.similarity}" if input.similarity else "",
@@ -46,7 +44,9 @@ rule optimizer_study:
     output:
         f"{R}/{{dataset}}/{{subject}}/runs/optimizers.trajectory.csv",
     params:
-        settings=lambda w: settings("prior", "render", "regressor", "geometry", "augment", "similarity"),
+        settings=lambda w: subject_settings(
+            w.dataset, w.subject, "prior", "render", "regressor", "geometry", "augment", "similarity"
+        ),
         prepared=lambda w, input: os.path.dirname(input.ct),
         xrays=lambda w, input: os.path.dirname(input.xrays),
     threads: 1

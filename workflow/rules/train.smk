@@ -1,6 +1,7 @@
 rule train_regressor:
     input:
         **rules.prepare.output,
+        checked=data_check,
     output:
         model=f"{R}/{{dataset}}/{{subject}}/models/regressor.pt",
         log_csv=f"{R}/{{dataset}}/{{subject}}/models/regressor.log.csv",
@@ -8,7 +9,7 @@ rule train_regressor:
     # Every registration waits for it: start it before the similarity models.
     priority: 10
     params:
-        settings=lambda w: settings("prior", "render", "regressor", "geometry", "augment"),
+        settings=lambda w: subject_settings(w.dataset, w.subject, "prior", "render", "regressor", "geometry", "augment"),
         prepared=lambda w, input: os.path.dirname(input.ct),
     threads: 2
     log:
@@ -31,12 +32,13 @@ rule train_similarity:
     input:
         **rules.prepare.output,
         regressor=rules.train_regressor.output.model,
+        checked=data_check,
     output:
         model=f"{R}/{{dataset}}/{{subject}}/models/similarity-{{method}}.pt",
         log_csv=f"{R}/{{dataset}}/{{subject}}/models/similarity-{{method}}.log.csv",
         snapshot=f"{R}/{{dataset}}/{{subject}}/models/similarity-{{method}}.config.json",
     params:
-        settings=lambda w: settings("prior", "render", "similarity", "geometry", "augment", "regressor"),
+        settings=lambda w: subject_settings(w.dataset, w.subject, "prior", "render", "similarity", "geometry", "augment", "regressor"),
         prepared=lambda w, input: os.path.dirname(input.ct),
     threads: 1
     log:

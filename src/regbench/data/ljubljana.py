@@ -90,7 +90,7 @@ def preprocess_image(img: np.ndarray) -> torch.Tensor:
 def prepare_ljubljana(
     h5_path: str | Path,
     subject: str,
-    spacing_mm: float,
+    spacing_mm: float | None,
     height: int | None = None,
     *,
     dsa_threshold: float | None = DSA_THRESHOLD,
@@ -98,7 +98,8 @@ def prepare_ljubljana(
 ) -> tuple[PreparedSubject, XraySet, dict]:
     """One patient and view (``subject01-ap``): prepared 3D-DSA, fiducials, and its X-ray.
 
-    Returns the prepared subject (file's world frame, centred; landmarks ``point00`` ... from
+    ``spacing_mm=None`` keeps the file's voxel grid. Returns the prepared subject (file's world
+    frame, centred; landmarks ``point00`` ... from
     ``points``), a one-image ``XraySet`` (id = the view) with the ground-truth pose in regbench's
     convention, and this view's detector geometry after downsampling to ``height`` rows.
     """

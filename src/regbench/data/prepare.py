@@ -48,17 +48,26 @@ def resample_and_center(
     mask: np.ndarray | None,
     affine: np.ndarray,
     landmarks: pd.DataFrame,
-    spacing_mm: float,
+    spacing_mm: float | None,
 ) -> PreparedSubject:
-    """Resample to isotropic ``spacing_mm`` (linear for HU, nearest for labels) and centre."""
-    resample = tio.Resample(float(spacing_mm))
-    image = resample(tio.ScalarImage(tensor=torch.from_numpy(ct)[None], affine=affine))
-    new_ct = image.data[0].numpy().astype(np.float32)
-    new_affine = np.asarray(image.affine, dtype=np.float64)
-    new_mask = None
-    if mask is not None:
-        labels = resample(tio.LabelMap(tensor=torch.from_numpy(mask)[None], affine=affine))
-        new_mask = labels.data[0].numpy().astype(np.int32)
+    """Resample to isotropic ``spacing_mm`` (linear for HU, nearest for labels) and centre.
+
+    ``spacing_mm=None`` keeps the voxel grid as it is (only centred): resampling blurs thin
+    structures such as contrast-filled vessels.
+    """
+    if spacing_mm is None:
+        new_ct = np.ascontiguousarray(ct, dtype=np.float32)
+        new_affine = np.asarray(affine, dtype=np.float64).copy()
+        new_mask = None if mask is None else np.ascontiguousarray(mask, dtype=np.int32)
+    else:
+        resample = tio.Resample(float(spacing_mm))
+        image = resample(tio.ScalarImage(tensor=torch.from_numpy(ct)[None], affine=affine))
+        new_ct = image.data[0].numpy().astype(np.float32)
+        new_affine = np.asarray(image.affine, dtype=np.float64)
+        new_mask = None
+        if mask is not None:
+            labels = resample(tio.LabelMap(tensor=torch.from_numpy(mask)[None], affine=affine))
+            new_mask = labels.data[0].numpy().astype(np.int32)
     shift = volume_center(new_affine, new_ct.shape)
     new_affine[:3, 3] -= shift
     moved = landmarks.copy()
