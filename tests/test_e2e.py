@@ -18,6 +18,7 @@ import torch
 import yaml
 from conftest import REPO
 
+from regbench.cli import main
 from regbench.errors import InputError
 from regbench.train.checkpoint import load_checkpoint
 
@@ -80,6 +81,37 @@ def test_run_csvs_follow_the_data_contract(finished_run):
         finished_run / "results" / "embedded" / "chest" / "runs" / "diffpose.trajectory.csv"
     )
     assert (traj.groupby("xray_id")["iteration"].min() == 0).all()
+    # Each iteration once: 0 is the initial pose, LM's iterations follow from 1.
+    learned = pd.read_csv(
+        finished_run / "results" / "embedded" / "chest" / "runs" / "ours-so4.trajectory.csv"
+    )
+    for _, one in learned.groupby("xray_id"):
+        assert one["iteration"].tolist() == list(range(len(one)))
+
+
+def test_minimum_and_training_sections_on_the_finished_run(finished_run, tmp_path):
+    """`bench --sections minimum training` on the finished run: one drift row per refining
+    method; the learned similarity retrained for 0 and 1 steps, registered from both starts."""
+    out = tmp_path / "bench"
+    code = main(
+        [
+            "bench", "--out", str(out), "--sections", "minimum", "training",
+            "--minimum-xrays", "1", "--training-steps", "0", "1",
+            "--runs", str(finished_run / "results" / "embedded" / "chest"), "--threads", "1",
+            "--config", str(finished_run / "config.yaml"),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    rows = pd.read_csv(out / "bench.csv").set_index(["name", "metric"])["value"]
+    for method in ("diffpose", "bobyqa", "ours-so4", "prost"):
+        drift = rows[method, "median drift mTRE"]
+        assert np.isfinite(drift) and drift >= 0, method
+    assert ("posenet", "median drift mTRE") not in rows.index
+    assert "ground truth" in (out / "bench.md").read_text()
+    curve = pd.read_csv(out / "training.csv")
+    assert set(curve["steps"]) == {0, 1} and set(curve["start"]) == {"regressor", "ground truth"}
+    assert np.isfinite(curve["mtre_mm"]).all()
+    assert (out / "training_curve.png").stat().st_size > 0
 
 
 RUNS = Path("results/embedded/chest/runs")

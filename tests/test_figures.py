@@ -16,6 +16,7 @@ from regbench.figures import (
     load_trajectories,
     mtre_distribution,
     qualitative_panel,
+    seconds_to_threshold,
 )
 
 
@@ -121,3 +122,16 @@ def test_qualitative_panel_writes_files(tmp_path: Path) -> None:
     rgb = edge_overlay(xray, panels[0]["edges_gt"], np.zeros_like(xray, dtype=bool))
     assert rgb.shape == (24, 24, 3)
     assert np.allclose(rgb[panels[0]["edges_gt"]], [0.85, 0.1, 0.1])
+
+
+def test_seconds_to_threshold_counts_never_as_slowest():
+    """First time below the threshold per X-ray, median over X-rays, never = infinity."""
+    traj = pd.DataFrame(
+        {
+            "xray_id": ["a"] * 3 + ["b"] * 3 + ["c"] * 2,
+            "seconds": [0.0, 1.0, 2.0, 0.0, 0.5, 3.0, 0.0, 4.0],
+            "mtre_mm": [5.0, 0.8, 0.2, 5.0, 0.9, 0.1, 5.0, 2.0],
+        }
+    )
+    assert seconds_to_threshold(traj, 1.0) == 1.0  # a: 1.0, b: 0.5, c: never
+    assert seconds_to_threshold(traj[traj["xray_id"] == "c"], 1.0) == float("inf")

@@ -1,6 +1,6 @@
 """``regbench bench``: how fast the pieces that dominate run time are, against diffdrr.
 
-Four sections, one long csv (``section, name, size, metric, value, unit, device``) and a
+Six sections, one long csv (``section, name, size, metric, value, unit, device``) and a
 Markdown summary with the ratios:
 
 * ``render``: images/s and ray-samples/s of diffdrr's trilinear and Siddon renderers, the
@@ -13,6 +13,12 @@ Markdown summary with the ratios:
 * ``convergence``: LM on the multiscale-NCC residual (compiled projector, exact Jacobian) vs
   DiffPose's Adam recipe (diffdrr) on the same objective and the same DRR-vs-DRR problems from a
   5 degree / 10 mm start: time and iterations to sub-millimetre mTRE, final mTRE.
+* ``minimum``: every refiner of a finished run started at the ground truth
+  (:mod:`regbench.drift`): median drift in mTRE, depth and in-plane, so a misplaced minimum
+  shows before a table is read.
+* ``training``: one learned similarity of a finished run retrained for several step counts
+  (:mod:`regbench.training_curve`), registered from the regressor's start and from the truth;
+  meant for a validation run.
 * ``dag``: wall seconds per rule of a finished run, from Snakemake's ``benchmark:`` files.
 """
 
@@ -46,7 +52,7 @@ from regbench.render import Prepared, make_drr, render
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("render", "jacobian", "convergence", "dag")
+SECTIONS = ("render", "jacobian", "convergence", "minimum", "training", "dag")
 COLUMNS = ["section", "name", "size", "metric", "value", "unit", "device"]
 REFERENCE = "diffdrr trilinear"
 
@@ -329,6 +335,34 @@ def _median_or_inf(reached: pd.Series, final: pd.DataFrame) -> float:
     return float(np.median(values))
 
 
+def training_rows(
+    runs: Path,
+    variant: str,
+    steps: tuple[int, ...],
+    n_xrays: int,
+    out_dir: Path,
+    device: torch.device,
+) -> list[dict]:
+    """Section ``training``: accuracy of ``variant`` after each number of training steps
+    (``training.csv`` per X-ray, ``training_curve.png``), from both starts."""
+    from regbench.figures import training_curve_figure
+    from regbench.training_curve import training_curve
+
+    frame = pd.DataFrame(training_curve(runs, variant, list(steps), n_xrays))
+    write_csv(frame, out_dir / "training.csv")
+    training_curve_figure(frame, out_dir / "training_curve", variant)
+    rows = []
+    for (n_steps, start), block in frame.groupby(["steps", "start"], sort=False):
+        name = f"{variant}, from the {start}"
+        errors = block["mtre_mm"]
+        rows += [
+            _row("training", name, n_steps, "median mTRE", errors.median(), "mm", device),
+            _row("training", name, n_steps, "mean mTRE", errors.mean(), "mm", device),
+            _row("training", name, n_steps, "SMSR", 100 * (errors < 1).mean(), "%", device),
+        ]
+    return rows
+
+
 def dag_rows(benchmarks: Path, device: torch.device) -> list[dict]:
     """Section ``dag``: per-rule sums of Snakemake benchmark files under ``benchmarks``."""
     rows = []
@@ -434,6 +468,37 @@ def summary_markdown(rows: pd.DataFrame) -> str:
                     f"{adam} (median seconds)."
                 )
         parts.append("\n".join(lines) + "\n")
+    drift = rows[rows["section"] == "minimum"]
+    if len(drift):
+        table = drift.pivot_table(index="name", columns="metric", values="value", sort=False)
+        lines = [
+            f"## Started at the ground truth: median drift over {drift['size'].iloc[0]} X-rays "
+            "(mm; a refiner whose minimum is at the truth stays near 0)\n",
+            "| method | mTRE | depth | in-plane |",
+            "|---|---|---|---|",
+        ]
+        for name, r in table.iterrows():
+            lines.append(
+                f"| {name} | {r['median drift mTRE']:.3f} | {r['median drift depth']:.3f} | "
+                f"{r['median drift in-plane']:.3f} |"
+            )
+        parts.append("\n".join(lines) + "\n")
+    curve = rows[rows["section"] == "training"]
+    if len(curve):
+        lines = [
+            "## Training steps vs accuracy (learned similarity retrained on a finished run)\n",
+            "| start | training steps | median mTRE (mm) | mean mTRE (mm) | SMSR (%) |",
+            "|---|---|---|---|---|",
+        ]
+        table = curve.pivot_table(
+            index=["name", "size"], columns="metric", values="value", sort=False
+        )
+        for (name, n_steps), r in table.iterrows():
+            lines.append(
+                f"| {name} | {n_steps} | {r['median mTRE']:.3f} | {r['mean mTRE']:.3f} | "
+                f"{r['SMSR']:.0f} |"
+            )
+        parts.append("\n".join(lines) + "\n")
     dag = rows[rows["section"] == "dag"]
     if len(dag):
         table = dag.pivot_table(index="name", columns="metric", values="value")
@@ -472,6 +537,10 @@ def run_bench(
     benchmarks: Path | None,
     device: torch.device,
     sections: list[str],
+    runs: Path | None = None,
+    minimum_xrays: int = 10,
+    training_steps: tuple[int, ...] = (0, 30, 60, 120),
+    training_variant: str = "ours-so4",
 ) -> pd.DataFrame:
     """Run the chosen sections; write ``bench.csv``, ``bench.md`` (and the convergence
     trajectories) under ``out_dir``. Rows of other sections already in ``bench.csv`` are kept,
@@ -502,6 +571,19 @@ def run_bench(
         )
         rows += conv
         write_csv(traj, out_dir / "convergence.trajectory.csv")
+    if "minimum" in sections and runs is not None:
+        from regbench.drift import drift_from_truth, drift_summary
+
+        drift = drift_from_truth(runs, minimum_xrays)
+        write_csv(pd.DataFrame(drift), out_dir / "minimum.csv")
+        rows += [
+            _row("minimum", name, minimum_xrays, metric, value, "mm", device)
+            for name, metric, value in drift_summary(drift)
+        ]
+    if "training" in sections and runs is not None:
+        rows += training_rows(
+            runs, training_variant, training_steps, minimum_xrays, out_dir, device
+        )
     if "dag" in sections and benchmarks is not None:
         rows += dag_rows(benchmarks, device)
     frame = pd.DataFrame(rows, columns=COLUMNS)

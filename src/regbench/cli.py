@@ -237,7 +237,7 @@ def cmd_train_regressor(args: argparse.Namespace) -> None:
     )
 
 
-def _registration_context(args: argparse.Namespace, s: dict, method: str):
+def registration_context(prepared_dir, xrays_dir, regressor, similarity, s: dict, method: str):
     """Prepared subject, X-rays and the method's Context (models loaded, never ground truth)."""
     from regbench.data.xrays import read_xrays
     from regbench.methods import check_method, needs_similarity
@@ -251,17 +251,23 @@ def _registration_context(args: argparse.Namespace, s: dict, method: str):
     check_method(method)
     device = resolve_device(s["device"])
     seed_everything(s["seed"])
-    prepared = load_prepared(args.prepared)
-    xrays = read_xrays(args.xrays, prepared.geometry)
-    regressor = load_regressor(args.regressor, s, device)
+    prepared = load_prepared(prepared_dir)
+    xrays = read_xrays(xrays_dir, prepared.geometry)
+    regressor = load_regressor(regressor, s, device)
     drr = make_drr(prepared, s["render"]["bone_attenuation"], s["render"]["renderer"], device)
     context = Context(drr, regressor, s["render"]["n_points"], s, xrays.border_px)
     if needs_similarity(method):
-        if not args.similarity:
+        if not similarity:
             raise InputError(f"method '{method}' needs --similarity (a trained model)")
-        context.similarity = load_similarity(args.similarity, method, s, device)
+        context.similarity = load_similarity(similarity, method, s, device)
         context.similarity_setup = SimilarityGeometry(prepared, s, device)
     return prepared, xrays, context
+
+
+def _registration_context(args: argparse.Namespace, s: dict, method: str):
+    return registration_context(
+        args.prepared, args.xrays, args.regressor, args.similarity, s, method
+    )
 
 
 def cmd_register(args: argparse.Namespace) -> None:
@@ -371,6 +377,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
         benchmarks=Path(args.benchmarks) if args.benchmarks else None,
         device=resolve_device(args.device),
         sections=args.sections,
+        runs=Path(args.runs) if args.runs else None,
+        minimum_xrays=args.minimum_xrays,
+        training_steps=tuple(args.training_steps),
+        training_variant=args.training_variant,
     )
 
 
@@ -524,6 +534,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xrays", type=int, default=10, help="convergence problems")
     p.add_argument("--lm-iterations", type=int, default=30)
     p.add_argument("--benchmarks", default="results/benchmarks", help="a finished run's files")
+    p.add_argument(
+        "--runs",
+        default="results/embedded/chest",
+        help="minimum section: a finished subject folder (prepared/, xrays/, models/, runs/)",
+    )
+    p.add_argument(
+        "--minimum-xrays", type=int, default=10, help="X-rays of the minimum and training sections"
+    )
+    p.add_argument(
+        "--training-steps",
+        nargs="+",
+        type=int,
+        default=[0, 30, 60, 120],
+        help="training section: step counts to retrain for",
+    )
+    p.add_argument("--training-variant", default="ours-so4", help="training section: the method")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=2, help="torch and kernel threads")
     p.set_defaults(func=cmd_bench, settings="{}")

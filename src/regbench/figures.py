@@ -192,6 +192,18 @@ def _by_time(traj: pd.DataFrame, n_grid: int) -> tuple[np.ndarray, np.ndarray]:
     return grid, np.vstack(curves)
 
 
+def seconds_to_threshold(traj: pd.DataFrame, threshold_mm: float) -> float:
+    """Median over X-rays of the first time an X-ray's mTRE is below ``threshold_mm``
+    (an X-ray that never gets there counts as infinitely slow)."""
+    times = [
+        float(g.loc[g["mtre_mm"] < threshold_mm, "seconds"].min())
+        if (g["mtre_mm"] < threshold_mm).any()
+        else math.inf
+        for _, g in traj.groupby(_xray_keys(traj), sort=True)
+    ]
+    return float(np.median(times)) if times else math.inf
+
+
 def _draw_band(ax: Axes, x: np.ndarray, curves: np.ndarray, color: Any, label: str) -> None:
     med, lo, hi = (np.maximum(c, FLOOR_MM) for c in _band(curves))
     ax.plot(x, med, color=color, label=label, linewidth=1.5)
@@ -226,8 +238,12 @@ def convergence(
             one = subset[subset["method"].astype(str) == method]
             if one.empty:
                 continue
+            reach = seconds_to_threshold(one, threshold_mm)
+            label = f"{method} (< {threshold_mm:g} mm: " + (
+                f"median {reach:.2g} s)" if math.isfinite(reach) else "median never)"
+            )
             _draw_band(row[0], *_by_iteration(one), colors[method], method)
-            _draw_band(row[1], *_by_time(one, n_grid), colors[method], method)
+            _draw_band(row[1], *_by_time(one, n_grid), colors[method], label)
         for ax, xlabel in zip(row, ("iteration", "time since start (s)"), strict=True):
             ax.set_yscale("log")
             ax.axhline(threshold_mm, color="k", linestyle="--", linewidth=1)
@@ -297,5 +313,23 @@ def qualitative_panel(panels: Sequence[Mapping[str, Any]], out_stem: str | Path)
             if col == 0:
                 ax.set_ylabel(row_names[row], fontsize="small")
         axes[0, col].set_title(_title(panel), fontsize="small")
+    fig.tight_layout()
+    return save_figure(fig, out_stem)
+
+
+def training_curve_figure(frame: pd.DataFrame, out_stem: str | Path, variant: str) -> list[Path]:
+    """Median mTRE (with interquartile band) against training steps, one line per start."""
+    fig = Figure(figsize=(5.0, 3.6))
+    ax = fig.subplots()
+    for start, block in frame.groupby("start", sort=False):
+        stats = block.groupby("steps")["mtre_mm"].quantile([0.25, 0.5, 0.75]).unstack()
+        ax.plot(stats.index, stats[0.5], marker="o", label=f"from the {start}")
+        ax.fill_between(stats.index, stats[0.25], stats[0.75], alpha=0.2, linewidth=0)
+    ax.set_xlabel("training steps")
+    ax.set_ylabel("mTRE (mm)")
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="k", linestyle="--", linewidth=1)
+    ax.set_title(f"{variant}: longer training")
+    ax.legend(fontsize="small")
     fig.tight_layout()
     return save_figure(fig, out_stem)

@@ -89,7 +89,7 @@ def register_lm_ncc(
     ``render(pose (N,4,4)) -> (N,1,H,W)`` and ``render_with_jacobian`` (e.g. a projector's
     ``forward`` and ``forward_and_jacobian`` bound to a volume) give the image and its exact
     per-pixel pose Jacobian; ``length_mm`` turns rotations into arc lengths for ``step_tol_mm``.
-    ``callback(iteration, pose (4,4))`` after every iteration.
+    ``callback(iteration, pose (4,4))`` after every iteration (counted from 1; 0 is ``init``).
     """
 
     def residual_at(pose: torch.Tensor, dxi: torch.Tensor) -> torch.Tensor:
@@ -102,7 +102,7 @@ def register_lm_ncc(
 
     def record(iteration, pose, cost, lam) -> None:
         if callback is not None:
-            callback(int(iteration), pose[0])
+            callback(int(iteration) + 1, pose[0])  # iteration 0 is the start
 
     L = float(length_mm)
     return levenberg_marquardt(

@@ -1,0 +1,105 @@
+"""Does longer training help? One learned similarity trained for several step counts on a
+finished run's subject, each registered on the same X-rays (from the regressor's start and
+from the ground truth).
+
+Run it on a validation run (``workflow/configs/validation.yaml``), not on the default test
+X-rays: it is how the training budget is chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from regbench import evaluate
+from regbench.methods.base import Trace
+
+log = logging.getLogger(__name__)
+
+
+def training_curve(subject_dir: Path, variant: str, steps: list[int], n_xrays: int) -> list[dict]:
+    """Rows (steps, xray_id, start, mtre_mm, seconds) for each step count and X-ray."""
+    import torch
+
+    from regbench.cli import registration_context
+    from regbench.methods import build_method
+    from regbench.render import load_prepared
+    from regbench.seeding import derive_seed
+    from regbench.train.checkpoint import save_checkpoint
+    from regbench.train.regressor import load_regressor
+    from regbench.train.similarity import (
+        build_similarity_model,
+        similarity_settings,
+        train_similarity,
+    )
+
+    snapshot = subject_dir / "runs" / f"{variant}.config.json"
+    if not snapshot.is_file():
+        raise FileNotFoundError(f"no finished {variant} registration: {snapshot} is missing")
+    settings = json.loads(snapshot.read_text())["settings"]
+    dataset, subject = subject_dir.parent.name, subject_dir.name
+    seed = derive_seed(settings["seed"], dataset, subject, "similarity", variant)
+    regressor = load_regressor(subject_dir / "models" / "regressor.pt", settings, "cpu")
+    prepared = load_prepared(subject_dir / "prepared")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n_steps in steps:
+            s = {**settings, "similarity": {**settings["similarity"], "steps": max(1, n_steps)}}
+            model_path = Path(tmp) / f"similarity-{variant}-{n_steps}.pt"
+            if n_steps > 0:
+                train_similarity(
+                    prepared,
+                    variant,
+                    s,
+                    seed,
+                    model_path,
+                    model_path.with_suffix(".log.csv"),
+                    torch.device("cpu"),
+                    regressor,
+                )
+            else:  # untrained: image terms and random encoders at their initial gains
+                torch.manual_seed(seed)
+                model = build_similarity_model(variant, s["similarity"])
+                blob = {"state_dict": model.state_dict()}
+                save_checkpoint(
+                    blob, {**similarity_settings(s, variant), "subject_seed": seed}, model_path
+                )
+            prepared, xrays, context = registration_context(
+                subject_dir / "prepared",
+                subject_dir / "xrays",
+                subject_dir / "models" / "regressor.pt",
+                model_path,
+                s,
+                variant,
+            )
+            method = build_method(variant, context)
+            points = prepared.points
+            for i in range(min(n_xrays, len(xrays))):
+                image, gt = xrays.images[i : i + 1], xrays.poses[i].double()
+                for start in ("regressor", "ground truth"):
+                    trace = Trace()
+                    init = (
+                        context.regressor.predict(image)[0].double()
+                        if start == "regressor"
+                        else gt.clone()
+                    )
+                    pose, _ = method.refine(image, init, trace)
+                    error = float(evaluate.mtre(pose.numpy()[None], gt.numpy()[None], points)[0])
+                    rows.append(
+                        {
+                            "steps": n_steps,
+                            "xray_id": xrays.ids[i],
+                            "start": start,
+                            "mtre_mm": error,
+                            "seconds": trace.seconds[-1] if trace.seconds else float("nan"),
+                        }
+                    )
+            done = [
+                r["mtre_mm"] for r in rows if r["steps"] == n_steps and r["start"] == "regressor"
+            ]
+            log.info("%s, %d steps: median mTRE %.3f mm", variant, n_steps, np.median(done))
+    return rows
