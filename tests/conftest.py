@@ -8,10 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from diffdrr.drr import DRR
+from snakemake.utils import validate
 
-from regbench.data.embedded import prepare_embedded
-from regbench.data.prepare import geometry_from_config
+from regbench.data.embedded import embedded_files, prepare_embedded
+from regbench.data.prepare import geometry_from_config, resample_and_center
+from regbench.data.volumes import read_ct
 from regbench.render import Prepared, load_prepared, make_drr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +44,23 @@ def prepared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def prepared(prepared_dir: Path) -> Prepared:
     return load_prepared(prepared_dir)
+
+
+@pytest.fixture(scope="session")
+def default_drr() -> tuple[DRR, int]:
+    """The default run's DRR (config.yaml: detector, embedded CT spacing) and samples per ray.
+
+    Landmarks are left out: locating them costs far more than the CT, and projector tests
+    need the volume only.
+    """
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    validate(cfg, str(SCHEMA))  # fills the geometry's defaults
+    ct, affine = read_ct(embedded_files()[0])
+    spacing = cfg["datasets"]["embedded"]["spacing_mm"]
+    subject = resample_and_center(ct, None, affine, pd.DataFrame(columns=["x", "y", "z"]), spacing)
+    geometry = geometry_from_config(cfg["geometry"])
+    prepared = Prepared(subject.ct, subject.affine, subject.landmarks, geometry)
+    return make_drr(prepared, cfg["render"]["bone_attenuation"]), int(cfg["render"]["n_points"])
 
 
 @pytest.fixture(scope="session")

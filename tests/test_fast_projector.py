@@ -7,7 +7,15 @@ import math
 
 import pytest
 import torch
-from test_projector import N_POINTS, POSES, central_difference, poses, rel
+from test_projector import (
+    DEFAULT_POSES,
+    N_POINTS,
+    POSES,
+    central_difference,
+    pose_derivative_errors,
+    poses,
+    rel,
+)
 
 from regbench.fastproject import FastProjector, FastVolume
 from regbench.geometry.poses import se3_exp
@@ -100,11 +108,11 @@ def test_jacobian_matches_the_feature_projector(projectors):
     assert rel(single.double(), expected) < 1e-5
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_pose_gradient_through_autograd(projectors, channels):
+@pytest.mark.parametrize("channels, fixed_range", [(1, True), (3, True), (3, False)])
+def test_pose_gradient_through_autograd(projectors, channels, fixed_range):
     reference, fast, density = projectors
     volume = fast.prepare(channels_of(density, channels))
-    span = reference.alpha_range(MORE, density.shape)
+    span = reference.alpha_range(MORE, density.shape) if fixed_range else None
     weights = torch.randn(
         3, channels, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
     )
@@ -128,6 +136,17 @@ def test_pose_gradient_through_autograd(projectors, channels):
             (projector(vol, pose, N_POINTS) * weights.to(dtype)).sum().backward()
             grads.append(pose.grad.double())
         assert rel(*grads) < (1e-10 if dtype == torch.float64 else 1e-4)
+
+
+def test_pose_derivatives_on_the_default_geometry(default_drr):
+    """As for FeatureProjector: the kernel's moment sums carry the alpha range's term too."""
+    drr, n_points = default_drr
+    fast = FastProjector.from_drr(drr)
+    volume = fast.prepare(drr.density.double())
+    for pose in DEFAULT_POSES:
+        columns, gradient = pose_derivative_errors(fast, volume, pose, n_points)
+        assert max(columns) < 0.02, columns
+        assert max(gradient) < 0.02, gradient
 
 
 def test_matches_diffdrr(tiny_drr, projectors):

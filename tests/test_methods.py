@@ -90,9 +90,8 @@ def test_compiled_renderer_gives_diffdrrs_images_and_pose_gradients(prepared):
         grads.append(torch.cat([g_rot, g_trans], dim=-1))
     assert images[1].dtype == torch.float32 and images[1].shape == images[0].shape
     assert float((images[1] - images[0]).norm() / images[0].norm()) < 1e-4
-    # diffdrr also differentiates its sampling range, a quadrature artefact the compiled path
-    # leaves out (see regbench.projector): the same direction, not the same bits.
-    cosine = torch.nn.functional.cosine_similarity(grads[0], grads[1])
-    assert float(cosine) > 0.995
+    # Both differentiate through the per-pose sampling range (see regbench.projector), so the
+    # pose gradients agree to float32 rounding (6e-5; 5% before the range was included).
+    assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 1e-3
     with pytest.raises(InputError, match="render.renderer"):
         make_drr(prepared, 1.0, "raytrace")

