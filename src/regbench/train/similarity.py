@@ -33,7 +33,7 @@ from regbench.models.regressor import PoseRegressor
 from regbench.models.residual import LatentResidual
 from regbench.models.similarity import SimilarityGeometry, SimilarityModel, resize_images
 from regbench.models.variants import VARIANTS
-from regbench.optim.lm import levenberg_marquardt, pose_residual
+from regbench.optim.lm import damped_step, levenberg_marquardt, pose_residual
 from regbench.render import Prepared
 from regbench.train.checkpoint import TrainingState, load_checkpoint
 
@@ -56,6 +56,7 @@ def build_similarity_model(variant: str, cfg: dict) -> SimilarityModel:
         cfg["pooled_size"],
         cfg["crop_px"],
         cfg["patch_px"],
+        cfg["patch_stride_px"],
     )
 
 
@@ -105,17 +106,26 @@ def matching_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient-matching loss and the learned distances at the start poses.
 
-    Increments are the raw camera-frame right perturbations of the start pose; each target
+    ``g = ds/dxi = (d images/d xi)^T ds/d images``: the images' pose Jacobian comes from the
+    compiled projector (a constant of the loss), ``ds/d images`` is differentiated twice
+    through the encoders and image terms; so the loss reaches the volume network through the
+    feature images' values, the encoders and gains through the gradient itself. Increments are
+    the raw camera-frame right perturbations of the start pose; each target
     (:func:`regbench.geometry.targets.training_target`) is the gradient of its paper's distance
-    in its paper's frame, expressed in those same increments.
+    in its paper's frame, in those same increments.
     """
-    xi = torch.zeros(len(start), 6, dtype=torch.float64, requires_grad=True)
-    e_x = model.embed_xray(xrays)
-    e_d = model.embed_drr(setup.projector, features, perturb(start, xi), setup.n_points)
-    distance = model.distance(e_x, e_d)
-    (g,) = torch.autograd.grad(distance.sum(), xi, create_graph=True)
+    residual = LatentResidual(model, setup, xrays, features)
+    _, tangents = residual.images_and_jacobian(start)  # (N,6,C,H,W)
+    images = setup.images(features, start, residual.bone.detach()).detach()
+    learned = setup.feature_images(features, start)
+    images = torch.cat([images[:, :1].to(learned.dtype), learned], dim=1)
+    if not images.requires_grad:  # no learned channels (identity volume): the DRR alone
+        images.requires_grad_(True)
+    distance = model.distance(residual.e_x, model.embed_drr_images(images))
+    (ds,) = torch.autograd.grad(distance.sum(), images, create_graph=True)
+    g = torch.einsum("nkchw,nchw->nk", tangents.to(ds.dtype), ds)
     target = training_target(start, pose_gt, setup.characteristic_length, model.variant.target)
-    return direction_loss(g, target.to(g.dtype)), distance.detach()
+    return direction_loss(g.double(), target.double()), distance.detach()
 
 
 def unrolled_lm_loss(
@@ -128,21 +138,33 @@ def unrolled_lm_loss(
     steps: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's differentiable LM in training: ``steps`` Levenberg-Marquardt iterations on
-    the learned residual from ``start``, kept in the autograd graph; the loss is the mean
-    distance (se(3) or SO(4), as the variant's target, in mm-like units) of the final pose to
-    the truth. Returns the loss and the final distances (N,)."""
+    the learned residual from ``start``, and the distance (se(3) or SO(4), as the variant's
+    target, in mm-like units) of their result to the truth. Returns the loss and the final
+    distances (N,).
+
+    The last iteration is differentiated (truncated backpropagation): at the optimum the
+    implicit function theorem gives the result's sensitivity as ``-(J^T J)^-1 J^T dr/dtheta``,
+    exactly what differentiating the last step gives with the pose before it and ``J`` held
+    constant; the earlier iterations only bring the pose there.
+    """
     L = setup.characteristic_length
+    scale = torch.tensor([L, L, L, 1.0, 1.0, 1.0], dtype=torch.float64)
     residual = LatentResidual(model, setup, xrays, features)
-    result = levenberg_marquardt(
-        pose_residual(residual),
-        start.double(),
-        jacobian=residual.unrolled_jacobian,
-        max_iterations=steps,
-        scale=torch.tensor([L, L, L, 1.0, 1.0, 1.0], dtype=torch.float64),
-        step_tol=1e-6,
-        differentiable=True,
-    )
-    distance = pose_distance_mm(result.pose, pose_gt.double(), L, model.variant.target)
+    pose, lam = start.double(), torch.full((len(start),), 1e-3, dtype=torch.float64)
+    if steps > 1:
+        result = levenberg_marquardt(
+            pose_residual(residual),
+            pose,
+            jacobian=residual.linearise,
+            max_iterations=steps - 1,
+            scale=scale,
+            step_tol=1e-6,
+        )
+        pose, lam = result.pose.detach(), result.lambdas[-1]
+    if steps > 0:
+        _, jac = residual.linearise(pose)
+        pose = perturb(pose, damped_step(residual.with_grad(pose), jac, lam, scale))
+    distance = pose_distance_mm(pose, pose_gt.double(), L, model.variant.target)
     return distance.mean(), distance.detach()
 
 
@@ -175,7 +197,8 @@ def run_similarity_training(
     regressor: PoseRegressor,
 ) -> SimilarityModel:
     """The training loop: gradient matching plus the unrolled-LM loss (weight
-    ``lm_loss_weight``); ``setup_for_step(generator)`` is the subject of a step (the one
+    ``lm_loss_weight``) plus the X-ray encoder's bone-contrast estimate against the training
+    X-ray's own multiplier (log-squared error, weight ``contrast_loss_weight``); ``setup_for_step(generator)`` is the subject of a step (the one
     subject, or one drawn per step with the run's generator when patient-agnostic)."""
     cfg = settings["similarity"]
     fp_settings = {**similarity_settings(settings, variant), "subject_seed": seed}
@@ -194,7 +217,8 @@ def run_similarity_training(
     for _ in tqdm(range(state.step, cfg["steps"]), desc=variant, mininterval=5):
         setup = setup_for_step(generator)
         pose_gt = carm_pose(*train_prior.sample_params(cfg["batch_size"], generator))
-        xrays = setup.training_xrays().sample(pose_gt, generator).to(device)
+        xrays, bone = setup.training_xrays().sample_with_bone(pose_gt, generator)
+        xrays = xrays.to(device)
         detector = setup.prepared.geometry  # the regressor sees X-rays at their own size
         with torch.no_grad():
             initial = regressor.predict(
@@ -208,7 +232,9 @@ def run_similarity_training(
             lm_loss, _ = unrolled_lm_loss(
                 model, setup, features, xrays, start, pose_gt, cfg["unroll_steps"]
             )
-        total = loss + cfg["lm_loss_weight"] * lm_loss
+        _, estimate = model.embed_xray(xrays)
+        contrast_loss = ((estimate.log() - bone.to(estimate).log()) ** 2).mean()
+        total = loss + cfg["lm_loss_weight"] * lm_loss + cfg["contrast_loss_weight"] * contrast_loss
         optimizer.zero_grad()
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -217,12 +243,13 @@ def run_similarity_training(
         seconds = time.perf_counter() - t0
         if state.end_step(total.item(), seconds, cfg["checkpoint_every"], cfg["steps"], partial):
             log.info(
-                "%s step %d loss %.4f (matching %.4f, unrolled LM %.3f mm)",
+                "%s step %d loss %.4f (matching %.4f, unrolled LM %.3f mm, contrast %.4f)",
                 variant,
                 state.step,
                 total.item(),
                 loss.item(),
                 lm_loss.item(),
+                contrast_loss.item(),
             )
     state.finish(out, log_csv, {"variant": variant})
     return model

@@ -73,6 +73,12 @@ class TrainingXrays:
     def sample(self, poses: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """(N,4,4) poses -> (N,1,H,W) X-ray-like images, each with its own bone multiplier
         and degradations drawn with ``generator``."""
+        return self.sample_with_bone(poses, generator)[0]
+
+    def sample_with_bone(
+        self, poses: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`sample` and the (N,) bone multipliers drawn for the images."""
         lo, hi = self.bone_range
         bone = lo + (hi - lo) * torch.rand(len(poses), generator=generator, dtype=torch.float64)
-        return augment(self.clean(poses, bone), generator)
+        return augment(self.clean(poses, bone), generator), bone
