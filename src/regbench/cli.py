@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -563,10 +564,15 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    settings = json.loads(args.settings) if args.settings.strip().startswith("{") else {}
+    threads = args.threads or int(settings.get("threads", 1))
+    # numba's OpenMP pool starts NUMBA_NUM_THREADS threads (default: every core) whose idle
+    # spinning slows two single-threaded jobs on one machine about tenfold; size it to the job
+    # before numba is first imported (an explicit setting in the environment wins).
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(threads))
     import torch
 
-    settings = json.loads(args.settings) if args.settings.strip().startswith("{") else {}
-    torch.set_num_threads(args.threads or int(settings.get("threads", 1)))
+    torch.set_num_threads(threads)
     try:
         args.func(args)
     except InputError as exc:
