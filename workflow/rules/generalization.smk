@@ -14,6 +14,8 @@ rule train_regressor_agnostic:
         model=f"{R}/_agnostic/{{dataset}}/models/regressor.pt",
         log_csv=f"{R}/_agnostic/{{dataset}}/models/regressor.log.csv",
         snapshot=f"{R}/_agnostic/{{dataset}}/models/regressor.config.json",
+    # Its similarity training and registrations wait for it: start it early.
+    priority: 10
     params:
         settings=lambda w: agnostic_settings(w.dataset, "prior", "render", "regressor", "geometry", "augment"),
         prepared=agnostic_train_dirs,
