@@ -7,6 +7,7 @@ import torch
 
 from regbench.errors import InputError
 from regbench.train import regressor as training
+from regbench.train import xray_domain
 from regbench.train.checkpoint import load_checkpoint
 
 SETTINGS = {
@@ -28,6 +29,7 @@ SETTINGS = {
         "checkpoint_every": 2,
     },
     "geometry": {"height": 32},
+    "augment": {"bone_attenuation": [1.0, 2.0]},
 }
 
 
@@ -41,7 +43,7 @@ def test_killed_training_resumes_to_identical_weights(prepared, tmp_path, monkey
     reference = train(prepared, tmp_path / "a" / "regressor.pt")
 
     calls = {"n": 0}
-    real_augment = training.augment
+    real_augment = xray_domain.augment
 
     def dying_augment(images, generator):
         calls["n"] += 1
@@ -50,13 +52,13 @@ def test_killed_training_resumes_to_identical_weights(prepared, tmp_path, monkey
         return real_augment(images, generator)
 
     out = tmp_path / "b" / "regressor.pt"
-    monkeypatch.setattr(training, "augment", dying_augment)
+    monkeypatch.setattr(xray_domain, "augment", dying_augment)
     with pytest.raises(KeyboardInterrupt):
         train(prepared, out)
     assert not out.exists() and out.with_suffix(".partial").exists()
     assert load_checkpoint(out.with_suffix(".partial"))["step"] == 2
 
-    monkeypatch.setattr(training, "augment", real_augment)
+    monkeypatch.setattr(xray_domain, "augment", real_augment)
     resumed = train(prepared, out)
     assert not out.with_suffix(".partial").exists()
     for (name, a), b in zip(
