@@ -120,8 +120,9 @@ def test_unrolled_lm_moves_towards_the_truth_and_trains_every_part(setup, settin
     rot, trans = carm_params(gt)
     start = carm_pose(rot + math.radians(1.5), trans + torch.tensor([[3.0, 6.0, -3.0]]))
     features = model.features(setup.density)
-    loss, final = unrolled_lm_loss(model, setup, features, xray, start, gt, steps=3)
-    before, _ = unrolled_lm_loss(model, setup, features, xray, start, gt, steps=0)
+    residual = LatentResidual(model, setup, xray, features)
+    loss, final = unrolled_lm_loss(residual, start, gt, steps=3)
+    before, _ = unrolled_lm_loss(residual, start, gt, steps=0)
     assert float(final[0]) < 0.5 * float(before)
     loss.backward()
     for name in ("image_gain", "feature_gain"):

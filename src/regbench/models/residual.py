@@ -35,6 +35,7 @@ class LatentResidual:
         self.projector = setup.fast_projector or setup.projector
         learned = features[1:].detach()
         self.table = self.projector.prepare(learned) if len(learned) else None
+        self._last: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def images(self, pose: torch.Tensor) -> torch.Tensor:
         """(N,C,H,W) DRR branch input at ``pose`` from the fixed features; differentiable in
@@ -48,7 +49,16 @@ class LatentResidual:
         return torch.cat([drr.to(learned.dtype), learned], dim=1)
 
     def images_and_jacobian(self, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (N,C,H,W) and their pose Jacobian (N,6,C,H,W), no autograd graph."""
+        """Images (N,C,H,W) and their pose Jacobian (N,6,C,H,W), no autograd graph. The last
+        result is kept: training asks for it at the same start poses twice."""
+        key = pose.detach().double()
+        if self._last is not None and torch.equal(self._last[0], key):
+            return self._last[1]
+        result = self._images_and_jacobian(pose)
+        self._last = (key.clone(), result)
+        return result
+
+    def _images_and_jacobian(self, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(pose)
         parts, jac = self.setup.drr_and_jacobian(pose)
         h, w = parts.shape[-2:]

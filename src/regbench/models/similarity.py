@@ -181,13 +181,14 @@ class SimilarityGeometry:
         coarse = Prepared(coarse_ct, coarse_affine, prepared.landmarks, self.geometry)
         coarse_drr = make_drr(coarse, render_cfg["bone_attenuation"], "trilinear", device)
         self.projector = FeatureProjector.from_drr(coarse_drr).to(device)
-        self.fast_projector = None
-        self.drr_projector = FeatureProjector.from_drr(fine_drr).to(device)
         if coarse_drr.density.device.type == "cpu":
             from regbench.fastproject import FastProjector
 
             self.fast_projector = FastProjector.from_drr(coarse_drr)
             self.drr_projector = FastProjector.from_drr(fine_drr)
+        else:
+            self.fast_projector = None
+            self.drr_projector = FeatureProjector.from_drr(fine_drr).to(device)
         from regbench.train.xray_domain import density_parts
 
         self.drr_table = self.drr_projector.prepare(density_parts(prepared.ct).to(device))

@@ -97,12 +97,7 @@ def pose_distance_mm(pose: torch.Tensor, pose_gt: torch.Tensor, L: float, kind: 
 
 
 def matching_loss(
-    model: SimilarityModel,
-    setup: SimilarityGeometry,
-    features: torch.Tensor,
-    xrays: torch.Tensor,
-    start: torch.Tensor,
-    pose_gt: torch.Tensor,
+    residual: LatentResidual, start: torch.Tensor, pose_gt: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient-matching loss and the learned distances at the start poses.
 
@@ -114,11 +109,10 @@ def matching_loss(
     (:func:`regbench.geometry.targets.training_target`) is the gradient of its paper's distance
     in its paper's frame, in those same increments.
     """
-    residual = LatentResidual(model, setup, xrays, features)
-    _, tangents = residual.images_and_jacobian(start)  # (N,6,C,H,W)
-    images = setup.images(features, start, residual.bone.detach()).detach()
-    learned = setup.feature_images(features, start)
-    images = torch.cat([images[:, :1].to(learned.dtype), learned], dim=1)
+    model, setup = residual.model, residual.setup
+    fixed, tangents = residual.images_and_jacobian(start)  # (N,C,H,W), (N,6,C,H,W)
+    learned = setup.feature_images(residual.features, start)  # the same channels, with their graph
+    images = torch.cat([fixed[:, :1].to(learned.dtype), learned], dim=1)
     if not images.requires_grad:  # no learned channels (identity volume): the DRR alone
         images.requires_grad_(True)
     distance = model.distance(residual.e_x, model.embed_drr_images(images))
@@ -129,13 +123,7 @@ def matching_loss(
 
 
 def unrolled_lm_loss(
-    model: SimilarityModel,
-    setup: SimilarityGeometry,
-    features: torch.Tensor,
-    xrays: torch.Tensor,
-    start: torch.Tensor,
-    pose_gt: torch.Tensor,
-    steps: int,
+    residual: LatentResidual, start: torch.Tensor, pose_gt: torch.Tensor, steps: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's differentiable LM in training: ``steps`` Levenberg-Marquardt iterations on
     the learned residual from ``start``, and the distance (se(3) or SO(4), as the variant's
@@ -147,9 +135,8 @@ def unrolled_lm_loss(
     exactly what differentiating the last step gives with the pose before it and ``J`` held
     constant; the earlier iterations only bring the pose there.
     """
-    L = setup.characteristic_length
+    L = residual.setup.characteristic_length
     scale = torch.tensor([L, L, L, 1.0, 1.0, 1.0], dtype=torch.float64)
-    residual = LatentResidual(model, setup, xrays, features)
     pose, lam = start.double(), torch.full((len(start),), 1e-3, dtype=torch.float64)
     if steps > 1:
         result = levenberg_marquardt(
@@ -164,7 +151,7 @@ def unrolled_lm_loss(
     if steps > 0:
         _, jac = residual.linearise(pose)
         pose = perturb(pose, damped_step(residual.with_grad(pose), jac, lam, scale))
-    distance = pose_distance_mm(pose, pose_gt.double(), L, model.variant.target)
+    distance = pose_distance_mm(pose, pose_gt.double(), L, residual.model.variant.target)
     return distance.mean(), distance.detach()
 
 
@@ -225,14 +212,13 @@ def run_similarity_training(
                 resize_images(xrays, int(detector["height"]), int(detector["width"]))
             )
         start = sample_starts(pose_gt, initial.cpu(), cfg, generator)
-        features = model.features(setup.density)
-        loss, _ = matching_loss(model, setup, features, xrays, start, pose_gt)
+        # One X-ray encoder pass and one projection of the start poses serve all three losses.
+        residual = LatentResidual(model, setup, xrays, model.features(setup.density))
+        loss, _ = matching_loss(residual, start, pose_gt)
         lm_loss = torch.zeros((), dtype=torch.float64)
         if cfg["lm_loss_weight"] > 0 and cfg["unroll_steps"] > 0:
-            lm_loss, _ = unrolled_lm_loss(
-                model, setup, features, xrays, start, pose_gt, cfg["unroll_steps"]
-            )
-        _, estimate = model.embed_xray(xrays)
+            lm_loss, _ = unrolled_lm_loss(residual, start, pose_gt, cfg["unroll_steps"])
+        estimate = residual.bone
         contrast_loss = ((estimate.log() - bone.to(estimate).log()) ** 2).mean()
         total = loss + cfg["lm_loss_weight"] * lm_loss + cfg["contrast_loss_weight"] * contrast_loss
         optimizer.zero_grad()
