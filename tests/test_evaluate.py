@@ -1,4 +1,4 @@
-"""Metrics against hand-computed cases (DESIGN.md section 5)."""
+"""Metrics against hand-computed cases."""
 
 from __future__ import annotations
 

@@ -10,8 +10,7 @@ import pytest
 
 from regbench.figures import (
     convergence,
-    edge_overlay,
-    edges,
+    difference_map,
     interpolate_on_grid,
     load_trajectories,
     mtre_distribution,
@@ -99,29 +98,46 @@ def test_interpolate_on_grid_known_curve() -> None:
     np.testing.assert_array_equal(np.isnan(shuffled), np.isnan(got))
 
 
-def test_edges_find_a_square() -> None:
-    image = np.zeros((32, 32))
-    image[8:24, 8:24] = 1.0
-    found = edges(image, quantile=0.8)
-    assert found.dtype == bool and found.any()
-    assert found[8, 16] and found[16, 8]  # on the boundary
-    assert not found[16, 16] and not found[0, 0]  # inside and far outside
-    assert not edges(np.ones((8, 8))).any()
+def test_difference_map_colours_truth_red_estimate_blue_overlap_white() -> None:
+    gt = np.zeros((20, 20))
+    est = np.zeros((20, 20))
+    gt[2:8, 2:8] = 1.0  # truth only
+    est[12:18, 12:18] = 1.0  # estimate only
+    gt[10, 2:12] = est[10, 2:12] = 1.0  # both
+    rgb = difference_map(gt, est)
+    assert rgb.shape == (20, 20, 3)
+    assert np.allclose(rgb[4, 4], [1, 0, 0])
+    assert np.allclose(rgb[15, 15], [0, 0, 1])
+    assert np.allclose(rgb[10, 5], [1, 1, 1])
+    assert np.allclose(rgb[0, 19], [0, 0, 0])
 
 
-def test_qualitative_panel_writes_files(tmp_path: Path) -> None:
+def _examples(n_xrays: int, methods: list[str]) -> list[dict]:
     yy, xx = np.mgrid[:24, :24]
     xray = np.exp(-((xx - 12.0) ** 2 + (yy - 11.0) ** 2) / 30.0)
     drr = np.exp(-((xx - 13.0) ** 2 + (yy - 12.0) ** 2) / 30.0)
-    panels = [
-        dict(xray_id=f"x{i}", method=m, xray=xray, drr_est=drr, edges_gt=edges(xray),
-             edges_est=edges(drr), mtre_mm=mtre)
-        for i, (m, mtre) in enumerate((("posenet", 12.3), ("ours-so4", 0.4), ("bobyqa", np.inf)))
-    ]  # fmt: skip
-    _assert_written(qualitative_panel(panels, tmp_path / "qual"), tmp_path / "qual")
-    rgb = edge_overlay(xray, panels[0]["edges_gt"], np.zeros_like(xray, dtype=bool))
-    assert rgb.shape == (24, 24, 3)
-    assert np.allclose(rgb[panels[0]["edges_gt"]], [0.85, 0.1, 0.1])
+    estimates = [
+        {"method": m, "drr_est": drr, "mtre_mm": np.inf if m == "bobyqa" else 0.4} for m in methods
+    ]
+    return [
+        {"xray_id": f"x{i}", "xray": xray, "drr_gt": xray, "estimates": estimates}
+        for i in range(n_xrays)
+    ]
+
+
+def test_qualitative_grid_is_at_most_six_panels_across(tmp_path: Path) -> None:
+    """Ten methods on three X-rays (the default run) wrap into blocks of five methods plus the
+    X-ray column: two rows per block, six panels across, one file."""
+    methods = [f"m{i}" for i in range(9)] + ["bobyqa"]
+    paths = qualitative_panel(_examples(3, methods), tmp_path / "qual")
+    _assert_written(paths, tmp_path / "qual")
+    from PIL import Image
+
+    width, height = Image.open(paths[0]).size
+    assert width < 2200  # six panels of about 2 inches at 150 dpi, not thirty
+    assert height > width  # 3 X-rays x 2 blocks x 2 rows
+    with pytest.raises(ValueError, match="no X-rays"):
+        qualitative_panel([], tmp_path / "none")
 
 
 def test_seconds_to_threshold_counts_never_as_slowest():

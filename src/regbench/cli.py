@@ -342,6 +342,34 @@ def cmd_figures(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_register_image(args: argparse.Namespace) -> None:
+    from regbench.register_image import register_image
+
+    summary = register_image(
+        args.ct,
+        args.xray,
+        args.method,
+        args.results,
+        args.out,
+        args.config,
+        mask=args.mask,
+        landmarks=args.landmarks,
+        gt_pose=args.gt_pose,
+        init=args.init,
+        spacing_mm=args.spacing_mm,
+        border_px=args.border_px,
+        sdd=args.sdd,
+        pixel_mm=tuple(args.pixel_spacing) if args.pixel_spacing else None,
+        source_mm=args.source_distance,
+        angles_deg=tuple(args.angles) if args.angles else None,
+        log_transform=args.log_transform,
+    )
+    shown = {
+        k: summary[k] for k in ("method", "status", "seconds", "carm", "metrics") if k in summary
+    }
+    print(json.dumps(shown, indent=2))
+
+
 SECTIONS = ("render", "jacobian", "convergence", "minimum", "training", "dag")  # import-free
 # regbench.bench.SECTIONS; by default the timings only: minimum and training rerun registrations
 # (and training) on a finished run, so they are asked for by name.
@@ -349,21 +377,11 @@ DEFAULT_SECTIONS = ("render", "jacobian", "convergence", "dag")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    import yaml
-    from snakemake.utils import validate
-
     from regbench.bench import run_bench
+    from regbench.config import load_config
     from regbench.render import resolve_device
 
-    config_path = Path(args.config)
-    if not config_path.is_file():
-        raise InputError(f"config file not found: {config_path}")
-    cfg = yaml.safe_load(config_path.read_text())
-    schema = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-    try:
-        validate(cfg, str(schema))  # fills the defaults
-    except Exception as exc:
-        raise InputError(f"config file {config_path} is invalid: {exc}") from exc
+    cfg = load_config(args.config)
     run_bench(
         out_dir=Path(args.out),
         sizes=args.sizes,
@@ -512,6 +530,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", nargs="+", required=True)
     p.add_argument("--optimizer-studies", nargs="*", default=[], help="optimizers.trajectory.csv")
     p.add_argument("--out-dir", required=True)
+
+    p = sub.add_parser(
+        "register-image",
+        help="register one X-ray (DICOM, PNG/TIFF, .npy) to a CT, training its models if needed",
+        description=(
+            "Reads a CT (NIfTI file or DICOM series folder) and one X-ray; the detector comes "
+            "from the DICOM tags DistanceSourceToDetector and ImagerPixelSpacing (or --sdd, "
+            "--pixel-spacing), the initial view from DistanceSourceToPatient and the positioner "
+            "angles (or --source-distance, --angles). Writes RESULTS/prepared, RESULTS/models "
+            "(trained on first use) and OUT/pose.json, OUT/overlay.{png,pdf}, and with "
+            "--landmarks and --gt-pose OUT/metrics.json (mTRE, mRPE). Poses are 4x4 "
+            "camera-to-world matrices in the CT's world frame (mm)."
+        ),
+    )
+    p.add_argument("--ct", required=True, help="CT in HU: .nii/.nii.gz, or a DICOM series folder")
+    p.add_argument("--xray", required=True, help="X-ray: DICOM, .png/.tif/.tiff or .npy")
+    p.add_argument("--method", required=True, help="a registration method (see the README)")
+    p.add_argument("--results", required=True, help="folder of this CT's prepared data and models")
+    p.add_argument("--out", required=True, help="output folder (pose.json, overlay.png, ...)")
+    p.add_argument("--config", default=None, help="config YAML (default: the schema's defaults)")
+    p.add_argument("--mask", default=None, help="label volume on the CT grid (optional)")
+    p.add_argument("--landmarks", default=None, help="name,x,y,z csv in the CT's world mm")
+    p.add_argument("--gt-pose", default=None, help="ground-truth 4x4 pose (.npy, .json, .csv)")
+    p.add_argument(
+        "--init",
+        default="regressor",
+        choices=["regressor", "header"],
+        help="start from the pose regressor (trained on first use) or the header's view",
+    )
+    p.add_argument("--spacing-mm", type=float, default=3.0, help="CT resampling (mm)")
+    p.add_argument("--border-px", type=int, default=0, help="collimator border to leave out")
+    p.add_argument("--sdd", type=float, default=None, help="source-to-detector distance (mm)")
+    p.add_argument(
+        "--pixel-spacing", type=float, nargs=2, default=None, metavar=("ROW_MM", "COL_MM")
+    )
+    p.add_argument("--source-distance", type=float, default=None, help="source to isocentre (mm)")
+    p.add_argument(
+        "--angles", type=float, nargs=2, default=None, metavar=("PRIMARY_DEG", "SECONDARY_DEG")
+    )
+    p.add_argument(
+        "--log-transform", action="store_true", help="raw detector intensities (dense = dark)"
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: config)")
+    p.set_defaults(func=cmd_register_image, settings="{}")
 
     p = sub.add_parser(
         "bench",

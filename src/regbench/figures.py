@@ -20,14 +20,11 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from scipy import ndimage
 
 from regbench.io import atomic_path
 
 TRAJECTORY_COLUMNS = ("xray_id", "method", "iteration", "seconds", "mtre_mm")
 FLOOR_MM = 1e-3  # mTRE values below this are drawn at it (log axes cannot show 0)
-GT_COLOR = np.array([0.85, 0.1, 0.1])
-EST_COLOR = np.array([0.1, 0.35, 0.95])
 
 
 # ---------------------------------------------------------------- output
@@ -258,17 +255,6 @@ def convergence(
 # ---------------------------------------------------------------- qualitative
 
 
-def edges(image: np.ndarray, quantile: float = 0.9, sigma: float = 1.0) -> np.ndarray:
-    """Boolean edge map: Sobel gradient magnitude of the smoothed image above its quantile.
-
-    A fixed quantile (rather than a fixed threshold) makes X-rays and DRRs with different
-    intensity scales give edge maps of comparable density.
-    """
-    smooth = ndimage.gaussian_filter(np.asarray(image, dtype=np.float64), sigma)
-    magnitude = np.hypot(ndimage.sobel(smooth, axis=0), ndimage.sobel(smooth, axis=1))
-    return magnitude > max(np.quantile(magnitude, quantile), 1e-12 * magnitude.max(initial=0))
-
-
 def _normalise(image: np.ndarray) -> np.ndarray:
     """Scale to [0, 1] by the 1st and 99th percentiles (robust to hot pixels)."""
     image = np.asarray(image, dtype=np.float64)
@@ -276,43 +262,94 @@ def _normalise(image: np.ndarray) -> np.ndarray:
     return np.clip((image - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(image)
 
 
-def edge_overlay(background: np.ndarray, edges_gt: np.ndarray, edges_est: np.ndarray) -> np.ndarray:
-    """RGB image: dimmed grey background, ground-truth edges red, estimated edges blue."""
-    grey = 0.3 + 0.4 * _normalise(background)
-    rgb = np.repeat(grey[..., None], 3, axis=-1)
-    rgb[np.asarray(edges_gt, dtype=bool)] = GT_COLOR
-    rgb[np.asarray(edges_est, dtype=bool)] = EST_COLOR
-    return rgb
+def difference_map(drr_gt: np.ndarray, drr_est: np.ndarray) -> np.ndarray:
+    """RGB difference map: the DRR at the truth in red, the DRR at the estimate in blue, and
+    their overlap white (green is their minimum), so a good estimate reads white and grey with
+    thin red/blue fringes, a bad one as separate red and blue structures."""
+    gt, est = _normalise(drr_gt), _normalise(drr_est)
+    return np.stack([gt, np.minimum(gt, est), est], axis=-1)
 
 
-def _title(panel: Mapping[str, Any]) -> str:
-    mtre = float(panel["mtre_mm"])
-    value = "failed" if not math.isfinite(mtre) else f"{mtre:.2f} mm"
-    return f"{panel['method']}\n{panel['xray_id']}: mTRE {value}"
+def _mtre_title(method: str, mtre_mm: float) -> str:
+    value = "failed" if not math.isfinite(float(mtre_mm)) else f"{float(mtre_mm):.2f} mm"
+    return f"{method}\nmTRE {value}"
 
 
-def qualitative_panel(panels: Sequence[Mapping[str, Any]], out_stem: str | Path) -> list[Path]:
-    """Figure 2 style grid: per column one (X-ray, method); rows: X-ray, DRR at the estimate,
-    edge overlay (ground truth red, estimate blue, on the grey X-ray)."""
-    if not panels:
-        raise ValueError("qualitative_panel: no panels to draw")
-    fig = Figure(figsize=(2.2 * len(panels), 7.0))
-    axes = fig.subplots(3, len(panels), squeeze=False)
-    row_names = ("X-ray", "DRR (estimate)", "edges: GT red / est. blue")
-    for col, panel in enumerate(panels):
-        images = (
-            _normalise(panel["xray"]),
-            _normalise(panel["drr_est"]),
-            edge_overlay(panel["xray"], panel["edges_gt"], panel["edges_est"]),
-        )
-        for row, image in enumerate(images):
-            ax = axes[row, col]
-            ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col == 0:
-                ax.set_ylabel(row_names[row], fontsize="small")
-        axes[0, col].set_title(_title(panel), fontsize="small")
+def _blank(ax: Axes) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def qualitative_panel(
+    examples: Sequence[Mapping[str, Any]], out_stem: str | Path, max_across: int = 6
+) -> list[Path]:
+    """The paper's Figure 2: per X-ray a block of two rows, at most ``max_across`` panels wide
+    (more methods continue in further blocks of the same X-ray). Top row: the X-ray, then the
+    DRR at each method's estimate titled with its mTRE; bottom row: the DRR at the truth, then
+    each method's :func:`difference_map`.
+
+    ``examples``: dicts with ``xray_id``, ``xray``, ``drr_gt`` and ``estimates`` (dicts with
+    ``method``, ``drr_est``, ``mtre_mm``).
+    """
+    if not examples:
+        raise ValueError("qualitative_panel: no X-rays to draw")
+    if max_across < 2:
+        raise ValueError("qualitative_panel: max_across must leave room for one method")
+    per_block = max_across - 1
+    blocks = []  # (example, its estimates in this block)
+    for example in examples:
+        estimates = list(example["estimates"])
+        for i in range(0, max(len(estimates), 1), per_block):
+            blocks.append((example, estimates[i : i + per_block]))
+    across = 1 + max(len(chunk) for _, chunk in blocks)
+    fig = Figure(figsize=(2.1 * across, 2.35 * 2 * len(blocks) + 0.4))
+    axes = fig.subplots(2 * len(blocks), across, squeeze=False)
+    for b, (example, chunk) in enumerate(blocks):
+        top, bottom = axes[2 * b], axes[2 * b + 1]
+        top[0].imshow(_normalise(example["xray"]), cmap="gray", vmin=0, vmax=1)
+        top[0].set_title(f"X-ray {example['xray_id']}", fontsize="small")
+        bottom[0].imshow(_normalise(example["drr_gt"]), cmap="gray", vmin=0, vmax=1)
+        bottom[0].set_title("DRR at the truth", fontsize="small")
+        for col in range(1, across):
+            if col > len(chunk):
+                top[col].axis("off")
+                bottom[col].axis("off")
+                continue
+            estimate = chunk[col - 1]
+            top[col].imshow(_normalise(estimate["drr_est"]), cmap="gray", vmin=0, vmax=1)
+            top[col].set_title(
+                _mtre_title(estimate["method"], estimate["mtre_mm"]), fontsize="small"
+            )
+            bottom[col].imshow(difference_map(example["drr_gt"], estimate["drr_est"]))
+            bottom[col].set_title("truth red / estimate blue", fontsize="x-small")
+        for ax in (*top, *bottom):
+            _blank(ax)
+    fig.suptitle(
+        "Registration results: DRR at each estimate (top), difference maps (bottom; overlap white)",
+        fontsize="medium",
+    )
+    fig.tight_layout()
+    return save_figure(fig, out_stem)
+
+
+def overlay_figure(
+    xray: np.ndarray, drr_est: np.ndarray, summary: Mapping[str, Any], out_stem: str | Path
+) -> list[Path]:
+    """One registration at a glance: the X-ray, the DRR at the estimate and their
+    :func:`difference_map` (X-ray red, DRR blue, overlap white)."""
+    fig = Figure(figsize=(7.5, 2.9))
+    axes = fig.subplots(1, 3)
+    axes[0].imshow(_normalise(xray), cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title("X-ray", fontsize="small")
+    axes[1].imshow(_normalise(drr_est), cmap="gray", vmin=0, vmax=1)
+    axes[1].set_title("DRR at the estimate", fontsize="small")
+    axes[2].imshow(difference_map(xray, drr_est))
+    axes[2].set_title("X-ray red / DRR blue", fontsize="small")
+    for ax in axes:
+        _blank(ax)
+    metrics = summary.get("metrics") or {}
+    score = f", mTRE {metrics['mtre_mm']:.2f} mm" if "mtre_mm" in metrics else ""
+    fig.suptitle(f"{summary['method']} ({summary['status']}{score})", fontsize="medium")
     fig.tight_layout()
     return save_figure(fig, out_stem)
 

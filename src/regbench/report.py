@@ -55,14 +55,16 @@ def build_figures(
     figures.mtre_distribution(runs, out_dir / "mtre_distribution", threshold)
     figures.convergence([trajectory_path(p) for p in run_paths], out_dir / "convergence", threshold)
     figures.qualitative_panel(
-        qualitative_panels(run_paths, runs, settings), out_dir / "qualitative"
+        qualitative_examples(run_paths, runs, settings), out_dir / "qualitative"
     )
 
 
-def qualitative_panels(run_paths: list[Path], runs: pd.DataFrame, settings: dict) -> list[dict]:
-    """X-ray, DRR at the estimate and edge overlays for the first few X-rays of each subject."""
-    panels = []
+def qualitative_examples(run_paths: list[Path], runs: pd.DataFrame, settings: dict) -> list[dict]:
+    """For the first few X-rays of each subject: the X-ray, the DRR at the truth and each
+    method's DRR at its estimate (methods in config order; failed estimates left out)."""
+    examples = []
     n_show = settings["evaluation"]["qualitative_xrays"]
+    n_points = settings["render"]["n_points"]
     subject_dirs = sorted({p.parent.parent for p in run_paths})
     for subject_dir in subject_dirs:
         prepared = load_prepared(subject_dir / "prepared")
@@ -72,11 +74,10 @@ def qualitative_panels(run_paths: list[Path], runs: pd.DataFrame, settings: dict
         )
         dataset, subject = subject_dir.parent.name, subject_dir.name
         mine = runs[(runs["dataset"] == dataset) & (runs["subject"] == subject)]
+        methods = [m for m in settings["methods"] if m in set(mine["method"])]
         for i, xray_id in enumerate(xrays.ids[:n_show]):
-            with torch.no_grad():
-                drr_gt = render(drr, xrays.poses[i : i + 1], settings["render"]["n_points"])[0, 0]
-            edges_gt = figures.edges(drr_gt.numpy())
-            for method in [m for m in settings["methods"] if m in set(mine["method"])]:
+            estimates = []
+            for method in methods:
                 row = mine[(mine["method"] == method) & (mine["xray_id"].astype(str) == xray_id)]
                 if row.empty:
                     continue
@@ -86,16 +87,18 @@ def qualitative_panels(run_paths: list[Path], runs: pd.DataFrame, settings: dict
                 if not torch.isfinite(est).all():
                     continue
                 with torch.no_grad():
-                    drr_est = render(drr, est, settings["render"]["n_points"])[0, 0].numpy()
-                panels.append(
-                    {
-                        "xray_id": f"{subject}/{xray_id}",
-                        "method": method,
-                        "xray": xrays.images[i, 0].numpy(),
-                        "drr_est": drr_est,
-                        "edges_gt": edges_gt,
-                        "edges_est": figures.edges(drr_est),
-                        "mtre_mm": float(row["mtre_mm"].iloc[0]),
-                    }
+                    drr_est = render(drr, est, n_points)[0, 0].numpy()
+                estimates.append(
+                    {"method": method, "drr_est": drr_est, "mtre_mm": float(row["mtre_mm"].iloc[0])}
                 )
-    return panels
+            with torch.no_grad():
+                drr_gt = render(drr, xrays.poses[i : i + 1], n_points)[0, 0].numpy()
+            examples.append(
+                {
+                    "xray_id": f"{subject}/{xray_id}",
+                    "xray": xrays.images[i, 0].numpy(),
+                    "drr_gt": drr_gt,
+                    "estimates": estimates,
+                }
+            )
+    return examples

@@ -1,4 +1,4 @@
-"""The paper's tables from the per-run csvs (DESIGN.md section 2), as csv, Markdown and LaTeX.
+"""The paper's tables from the per-run csvs, as csv, Markdown and LaTeX.
 
 Table builders return *numeric* frames (one row per dataset and method) so the csv keeps full
 precision and any tool can recompute from it; :func:`format_table` turns them into the display

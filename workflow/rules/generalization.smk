@@ -62,6 +62,7 @@ rule train_similarity_agnostic:
         gpu=GPU,
     conda:
         "../../envs/regbench.yaml"
+    priority: 5  # every similarity trained before the registrations queue behind them
     shell:
         "python -m regbench train-similarity-agnostic --dataset {wildcards.dataset}"
         " --variant {wildcards.method} --prepared {params.prepared}"

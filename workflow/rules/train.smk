@@ -51,6 +51,7 @@ rule train_similarity:
         gpu=GPU,
     conda:
         "../../envs/regbench.yaml"
+    priority: 5  # every similarity trained before the registrations queue behind them
     shell:
         "python -m regbench train-similarity --dataset {wildcards.dataset}"
         " --subject {wildcards.subject} --variant {wildcards.method}"

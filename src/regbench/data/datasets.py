@@ -1,6 +1,6 @@
 """Dataset registry: where each dataset's raw files come from and how a subject is prepared.
 
-Two kinds of datasets feed the same data contract (DESIGN.md section 2):
+Two kinds of datasets feed the same data contract:
 
 - *simulated* X-rays (``embedded``, ``embedded-cohort``, ``ctspine1k``): ``prepare`` builds the
   CT, mask and landmarks, ``simulate`` renders test X-rays at poses from the clinical prior;

@@ -112,7 +112,7 @@ def rotation_angle_sq(rot: torch.Tensor) -> torch.Tensor:
 def se3_distance_sq(pose_a: torch.Tensor, pose_b: torch.Tensor, L: float) -> torch.Tensor:
     """Product-metric squared distance [rad^2] ``theta(R_a^T R_b)^2 + (|t_a - t_b| / L)^2``.
 
-    This is DESIGN's "rotation angle scaled by L and translation" divided by ``L^2`` (same
+    This is ``(L theta)^2 + |t_a - t_b|^2`` (rotation scaled by L, translation) over ``L^2`` (same
     gradient directions), so it shares the units of :func:`so4_distance_sq`. ``t`` is the
     camera position in the world (camera-to-world poses), so ``|t_a - t_b|`` is in mm.
     """

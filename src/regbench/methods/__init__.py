@@ -7,10 +7,13 @@ does) stays cheap.
 from __future__ import annotations
 
 from importlib import import_module
+from typing import TYPE_CHECKING
 
 from regbench.errors import InputError
-from regbench.methods.base import Context, Method
 from regbench.models.variants import VARIANTS
+
+if TYPE_CHECKING:  # the registry is read by the Snakefile: no torch at planning time
+    from regbench.methods.base import Context, Method
 
 _CLASSES: dict[str, str] = {
     "posenet": "regbench.methods.posenet:PoseNet",

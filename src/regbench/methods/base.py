@@ -16,7 +16,7 @@ class Context:
     """Everything a method may use for one subject (never the ground truth)."""
 
     drr: DRR
-    regressor: PoseRegressor
+    regressor: PoseRegressor | None  # None only when every start is given
     n_points: int
     settings: dict
     border_px: int = 0  # collimator border of the X-rays, excluded from image comparisons
@@ -56,10 +56,15 @@ class Method:
     def __init__(self, context: Context):
         self.context = context
 
-    def register(self, image: torch.Tensor) -> Result:
-        """(1,1,H,W) X-ray -> estimated pose; the clock starts before initialisation."""
+    def register(self, image: torch.Tensor, init: torch.Tensor | None = None) -> Result:
+        """(1,1,H,W) X-ray -> estimated pose; the clock starts before initialisation. ``init``
+        (4,4) replaces the regressor's estimate (a single registration started from the view
+        its DICOM header gives)."""
         trace = Trace()
-        init = self.context.regressor.predict(image.to(self.context.drr.device))[0].cpu()
+        if init is None:
+            init = self.context.regressor.predict(image.to(self.context.drr.device))[0].cpu()
+        else:  # the regressor's dtype and layout
+            init = init.reshape(4, 4).to(torch.float32)
         trace.record(0, init)
         pose, iterations = self.refine(image, init, trace)
         if not torch.isfinite(pose).all():
