@@ -261,3 +261,12 @@ def test_rerun_is_a_no_op_and_config_changes_rerun_only_affected_jobs(finished_r
     assert "register" in out and "tables" in out
     for rule in ["prepare", "simulate", "train_regressor"]:
         assert rule not in out, out
+    # A registration-only key of the learned similarities (its LM) retrains nothing.
+    cfg["lm"]["iterations"] = 4
+    (finished_run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    dry = snakemake(finished_run, "-n", "--quiet", "rules")
+    out = dry.stdout + dry.stderr
+    assert dry.returncode == 0, out
+    assert "optimizer_study" in out and "register" in out, out
+    for rule in ["train_regressor", "train_similarity"]:
+        assert rule not in out, out

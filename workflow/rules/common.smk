@@ -145,7 +145,7 @@ def register_settings(wildcards, agnostic=False):
 
 def method_sections(method):
     """Config sections of a method's own settings (so editing one reruns only that method)."""
-    sections = ["similarity"] if method in VARIANTS else []
+    sections = ["similarity", "lm"] if method in VARIANTS else []
     return sections + ([method] if method in config else [])
 
 

@@ -15,7 +15,7 @@ rule train_regressor_agnostic:
         log_csv=f"{R}/_agnostic/{{dataset}}/models/regressor.log.csv",
         snapshot=f"{R}/_agnostic/{{dataset}}/models/regressor.config.json",
     # Its similarity training and registrations wait for it: start it early.
-    priority: 10
+    priority: 20  # above two priority-5 trainings: snakemake weighs the sum of a batch
     params:
         settings=lambda w: agnostic_settings(w.dataset, "prior", "render", "regressor", "geometry", "augment"),
         prepared=agnostic_train_dirs,

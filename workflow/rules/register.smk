@@ -45,7 +45,8 @@ rule optimizer_study:
         f"{R}/{{dataset}}/{{subject}}/runs/optimizers.trajectory.csv",
     params:
         settings=lambda w: subject_settings(
-            w.dataset, w.subject, "prior", "render", "regressor", "geometry", "augment", "similarity"
+            w.dataset, w.subject, "prior", "render", "regressor", "geometry", "augment",
+            "similarity", "lm", "optimizer_study",
         ),
         prepared=lambda w, input: os.path.dirname(input.ct),
         xrays=lambda w, input: os.path.dirname(input.xrays),

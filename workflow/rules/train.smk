@@ -7,7 +7,7 @@ rule train_regressor:
         log_csv=f"{R}/{{dataset}}/{{subject}}/models/regressor.log.csv",
         snapshot=f"{R}/{{dataset}}/{{subject}}/models/regressor.config.json",
     # Every registration waits for it: start it before the similarity models.
-    priority: 10
+    priority: 20  # above two priority-5 trainings: snakemake weighs the sum of a batch
     params:
         settings=lambda w: subject_settings(w.dataset, w.subject, "prior", "render", "regressor", "geometry", "augment"),
         prepared=lambda w, input: os.path.dirname(input.ct),

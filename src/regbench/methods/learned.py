@@ -7,6 +7,7 @@ ProST descends the learned distance with SGD, then polishes on diffdrr's gradien
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -20,6 +21,8 @@ from regbench.models.similarity import resize_images
 from regbench.models.variants import VARIANTS
 from regbench.optim.lm import levenberg_marquardt, pose_residual
 from regbench.render import render
+
+log = logging.getLogger(__name__)
 
 
 class LearnedSimilarity(Method):
@@ -52,13 +55,13 @@ class LearnedSimilarity(Method):
     ) -> torch.Tensor:
         """Gradient descent or Adam on ``1/2 |r|^2`` over ``xi`` (pose = init @ exp(xi)), the
         first-order baselines of the optimiser comparison (paper's Figure 4, right)."""
-        cfg = self.context.settings["similarity"]
+        cfg = self.context.settings["optimizer_study"]
         residual = self.residual_fn(image)
         omega = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
         v = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
         groups = [
-            {"params": [omega], "lr": cfg["first_order_lr_rotation"]},
-            {"params": [v], "lr": cfg["first_order_lr_translation"]},
+            {"params": [omega], "lr": cfg["lr_rotation"]},
+            {"params": [v], "lr": cfg["lr_translation"]},
         ]
         opt = torch.optim.Adam(groups) if optimizer == "adam" else torch.optim.SGD(groups)
         pose = init.double()[None]
@@ -68,14 +71,19 @@ class LearnedSimilarity(Method):
             opt.zero_grad()
             cost.backward()
             opt.step()
-            pose = perturb(init.double()[None], torch.cat([omega, v], -1).detach())
+            moved = perturb(init.double()[None], torch.cat([omega, v], -1).detach())
+            # diverged (a camera a kilometre away included): the trajectory ends where it was finite
+            if not torch.isfinite(moved).all() or moved[..., :3, 3].abs().max() > 1e6:
+                log.warning("%s diverged at iteration %d", optimizer, iteration)
+                break
+            pose = moved
             trace.record(iteration, pose[0])
         return pose[0]
 
     def _lm(
         self, residual: LatentResidual, init: torch.Tensor, trace: Trace
     ) -> tuple[torch.Tensor, int]:
-        cfg = self.context.settings["similarity"]
+        cfg = self.context.settings["lm"]
         L = self.setup.characteristic_length
 
         def record(iteration, pose, cost, lam):
@@ -85,9 +93,9 @@ class LearnedSimilarity(Method):
             pose_residual(residual),
             init.double(),
             jacobian=residual.linearise,
-            max_iterations=cfg["lm_iterations"],
+            max_iterations=cfg["iterations"],
             scale=torch.tensor([L, L, L, 1.0, 1.0, 1.0], dtype=torch.float64),
-            step_tol=cfg["lm_step_tol_mm"],
+            step_tol=cfg["step_tol_mm"],
             callback=record,
         )
         return result.pose.detach(), int(result.iterations)
