@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from regbench.data.custom import downsample, read_image, translate
+from regbench.data.custom import downsample, read_image, to_line_integrals, translate
 from regbench.data.dicom import (
     PRIMARY_TAG,
     SDD_TAG,
@@ -78,9 +78,7 @@ def load_xray(
         pixel_mm = (float(pixel_mm), float(pixel_mm))
     if is_dicom(path):
         view = read_dicom_xray(path)
-        image = view.image
-        if log_transform:
-            image = _log_transform(image, path)
+        image = to_line_integrals(view.image, path) if log_transform else view.image
         sdd = sdd if sdd is not None else view.sdd_mm
         pixel_mm = pixel_mm if pixel_mm is not None else view.pixel_mm
         source_mm = source_mm if source_mm is not None else view.source_mm
@@ -110,12 +108,6 @@ def load_xray(
         "orientation": "AP",
     }
     return XrayInput(path, image, geometry, source_mm, angles_deg)
-
-
-def _log_transform(image: np.ndarray, path: Path) -> np.ndarray:
-    if (image <= 0).any():
-        raise InputError(f"X-ray {path}: --log-transform needs positive intensities")
-    return math.log(float(image.max())) - np.log(image)
 
 
 def header_view(xray: XrayInput) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,8 +175,9 @@ def read_gt_pose(path: str | Path) -> np.ndarray:
     return pose
 
 
-def _same_prepared(folder: Path, prepared, geometry: dict) -> None:
-    """Refuse a results folder prepared from another CT, spacing or detector."""
+def _same_prepared(folder: Path, prepared, geometry: dict):
+    """The results folder's prepared subject; refuse one prepared from another CT, spacing or
+    detector."""
     from regbench.render import load_prepared
 
     old = load_prepared(folder)
@@ -203,6 +196,7 @@ def _same_prepared(folder: Path, prepared, geometry: dict) -> None:
             f"({ {k: old.geometry[k] for k in keys} }, this X-ray: { {k: geometry[k] for k in keys} })"
             "; use another --results folder"
         )
+    return old
 
 
 def _settings(config: dict, geometry: dict, xray: XrayInput, init: str) -> dict:
@@ -289,14 +283,14 @@ def register_image(
     settings_path = results / "settings.json"
     prepared_dir = results / "prepared"
     if (prepared_dir / "ct.nii.gz").is_file():
-        _same_prepared(prepared_dir, prepared, geometry)
+        subject = _same_prepared(prepared_dir, prepared, geometry)
     else:
         log.info("preparing %s into %s", ct, prepared_dir)
         prepared.write(prepared_dir, geometry)
+        subject = load_prepared(prepared_dir)
     if settings_path.is_file():  # the models' own settings (their prior may differ)
         trained = json.loads(settings_path.read_text())
         settings = {**settings, **{k: trained[k] for k in ("prior", "seed") if k in trained}}
-    subject = load_prepared(prepared_dir)
     if landmarks is not None:  # the user's landmarks, whatever the folder was prepared with
         subject.landmarks = prepared.landmarks
     device = resolve_device(settings["device"])
@@ -328,7 +322,7 @@ def register_image(
     with torch.inference_mode(False):
         result = build_method(method, context).register(stack.to(device), start)
     return _write_outputs(
-        result, method, init, stack, subject, prepared.shift_mm, gt_pose, landmarks, out, settings
+        result, method, init, stack, subject, prepared.shift_mm, gt_pose, landmarks, out, context
     )
 
 
@@ -364,12 +358,12 @@ def _attach_similarity(context, subject, method: str, settings, models: Path, re
 
 
 def _write_outputs(
-    result, method, init, stack, subject, shift_mm, gt_pose, landmarks, out: Path, settings
+    result, method, init, stack, subject, shift_mm, gt_pose, landmarks, out: Path, context
 ) -> dict:
     from regbench import evaluate, figures
     from regbench.geometry.poses import carm_params
     from regbench.io import all_or_nothing, write_json
-    from regbench.render import make_drr, render
+    from regbench.render import render
 
     to_world = translate(shift_mm)
     est = result.pose.reshape(4, 4).to(torch.float64)
@@ -403,9 +397,8 @@ def _write_outputs(
         files.append(out / "metrics.json")
     elif gt_pose is not None:
         log.warning("--gt-pose without --landmarks: no mTRE (the CT has no landmarks given)")
-    drr = make_drr(subject, settings["render"]["bone_attenuation"], settings["render"]["renderer"])
-    with torch.no_grad():
-        drr_est = render(drr, est[None], settings["render"]["n_points"])[0, 0].numpy()
+    with torch.no_grad():  # the registration's own renderer
+        drr_est = render(context.drr, est[None], context.n_points)[0, 0].cpu().numpy()
     out.mkdir(parents=True, exist_ok=True)
     with all_or_nothing(files):
         figures.overlay_figure(stack[0, 0].numpy(), drr_est, summary, out / "overlay")

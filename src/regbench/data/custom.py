@@ -111,11 +111,14 @@ def read_image(path: Path, log_transform: bool = False) -> np.ndarray:
     if not np.isfinite(arr).all():
         n = int((~np.isfinite(arr)).sum())
         raise InputError(f"X-ray image {path}: {n} NaN or infinite pixels")
-    if log_transform:
-        if (arr <= 0).any():
-            raise InputError(f"X-ray image {path}: log_transform needs positive intensities")
-        arr = math.log(float(arr.max())) - np.log(arr)
-    return arr
+    return to_line_integrals(arr, path) if log_transform else arr
+
+
+def to_line_integrals(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Raw detector intensities (dense = dark) -> line integrals ``log(max) - log(I)``."""
+    if (arr <= 0).any():
+        raise InputError(f"X-ray image {path}: log_transform needs positive intensities")
+    return math.log(float(arr.max())) - np.log(arr)
 
 
 def read_poses(path: Path) -> pd.DataFrame:
