@@ -18,7 +18,7 @@ include: "workflow/rules/generalization.smk"
 
 rule all:
     input:
-        final_outputs(),
+        PLAN.final_outputs(),
         report_benchmarks(),
     default_target: True
 

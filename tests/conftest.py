@@ -12,13 +12,13 @@ import yaml
 from diffdrr.drr import DRR
 from snakemake.utils import validate
 
+from regbench.config import SCHEMA
 from regbench.data.embedded import embedded_files, prepare_embedded
 from regbench.data.prepare import geometry_from_config, resample_and_center
 from regbench.data.volumes import read_ct
 from regbench.render import Prepared, load_prepared, make_drr
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 TINY_GEOMETRY = {
     "sdd": 1020.0,

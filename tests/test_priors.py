@@ -11,10 +11,11 @@ import yaml
 from conftest import REPO, SCHEMA
 from snakemake.utils import validate
 
+from regbench.config import subject_prior
 from regbench.data.datasets import resolve_prior
 from regbench.errors import InputError
 from regbench.geometry.poses import carm_pose
-from regbench.geometry.priors import PosePrior, prior_zscores, subject_prior
+from regbench.geometry.priors import PosePrior, prior_zscores
 
 GLOBAL = {
     "rotation_deg_mean": [0.0, 0.0, 0.0],

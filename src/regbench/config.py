@@ -1,19 +1,52 @@
-"""The workflow's config outside Snakemake: read a YAML file and validate it against the same
-JSON schema the Snakefile uses, which also fills every default."""
+"""The workflow's config: the JSON schema shipped with the package, which validates a config and
+fills every default, for the Snakefile and for the verbs that read a config file directly."""
 
 from __future__ import annotations
 
+import sys
+from importlib import resources
 from pathlib import Path
 
 from regbench.errors import InputError
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(str(resources.files("regbench") / "schemas" / "config.schema.yaml"))
+
+
+def _import_jsonschema() -> None:
+    """Import jsonschema without its optional IRI format checker.
+
+    Why: with ``rfc3987-syntax`` installed, importing jsonschema compiles some forty grammars
+    (about 2 s), which every Snakemake call (a dry run included) would pay; the schema uses no
+    IRI formats. The block is lifted right after, so nothing else in the process is affected.
+    """
+    if "jsonschema" in sys.modules:
+        return
+    blocked = "rfc3987_syntax" not in sys.modules
+    if blocked:
+        sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]  # ImportError on import
+    try:
+        import jsonschema  # noqa: F401
+    finally:
+        if blocked:
+            del sys.modules["rfc3987_syntax"]
+
+
+def validate_config(cfg: dict, where: str) -> None:
+    """Validate ``cfg`` in place against the schema (filling defaults); errors name ``where``."""
+    if not SCHEMA.is_file():
+        raise InputError(f"config schema not found: {SCHEMA} (a broken regbench install)")
+    _import_jsonschema()
+    from snakemake.utils import validate
+
+    try:
+        validate(cfg, str(SCHEMA))
+    except Exception as exc:
+        raise InputError(f"{where} is invalid: {exc}") from exc
 
 
 def load_config(path: str | Path | None) -> dict:
     """The validated config of ``path``; ``None``: the schema's defaults alone."""
     import yaml
-    from snakemake.utils import validate
 
     cfg: dict = {}
     where = "the schema's defaults"
@@ -23,10 +56,25 @@ def load_config(path: str | Path | None) -> dict:
             raise InputError(f"config file not found: {config_path}")
         cfg = yaml.safe_load(config_path.read_text()) or {}
         where = f"config file {config_path}"
-    if not SCHEMA.is_file():
-        raise InputError(f"config schema not found: {SCHEMA} (run from a checkout of regbench)")
-    try:
-        validate(cfg, str(SCHEMA))  # fills the defaults
-    except Exception as exc:
-        raise InputError(f"{where} is invalid: {exc}") from exc
+    validate_config(cfg, where)
     return cfg
+
+
+PRIOR_KEYS = ("rotation_deg_mean", "rotation_deg_std", "translation_mm_mean", "translation_mm_std")
+
+
+def subject_prior(default: dict, spec: dict, view: str | None = None) -> dict:
+    """The prior block of one subject: the global one, then its dataset's, then its view's.
+
+    Why layered: a dataset's C-arm sits elsewhere than the global AP default (DeepFluoro's
+    source is posterior, Ljubljana's lateral views are 90 degrees from AP); each level sets only
+    the keys it changes. ``spec`` is the dataset's config (``prior``, ``view_priors``).
+    """
+    out = {k: list(default[k]) for k in PRIOR_KEYS}
+    view_layer = (spec.get("view_priors") or {}).get(view) if view else None
+    for layer in (spec.get("prior"), view_layer):
+        for key, value in (layer or {}).items():
+            if key not in out:
+                raise ValueError(f"unknown prior key '{key}' (known: {', '.join(PRIOR_KEYS)})")
+            out[key] = list(value)
+    return out

@@ -13,12 +13,12 @@ rule download:
         # The record written after the file is downloaded and verified, or after a file put there
         # by hand is hashed (and checked against a pinned digest): the file itself is never an
         # output, so Snakemake never deletes a user's copy.
-        record=f"{DATA}/{{dataset}}/{{file}}.sha256",
+        record=PLAN.pattern("download_record"),
     params:
-        settings=lambda w: download_settings(w.dataset, w.file),
-        root=lambda w: f"{DATA}/{w.dataset}",
+        settings=lambda w: PLAN.download_settings(w.dataset, w.file),
+        root=lambda w: f"{PLAN.data_root}/{w.dataset}",
     wildcard_constraints:
-        dataset=alternatives(DOWNLOADED_DATASETS),
+        dataset=alternatives(PLAN.downloaded_datasets),
         file=r"[^/]+\.h5|(volumes|labels)/[^/]+\.nii\.gz",
     log:
         f"{R}/logs/download/{{dataset}}/{{file}}.log",
@@ -33,16 +33,16 @@ rule prepare:
     input:
         raw_inputs,
     output:
-        ct=f"{R}/{{dataset}}/{{subject}}/prepared/ct.nii.gz",
-        mask=f"{R}/{{dataset}}/{{subject}}/prepared/mask.nii.gz",
-        landmarks=f"{R}/{{dataset}}/{{subject}}/prepared/landmarks.csv",
-        geometry=f"{R}/{{dataset}}/{{subject}}/prepared/geometry.json",
+        ct=PLAN.pattern("ct"),
+        mask=PLAN.pattern("mask"),
+        landmarks=PLAN.pattern("landmarks"),
+        geometry=PLAN.pattern("geometry"),
     params:
-        settings=lambda w: dataset_settings(w.dataset, "geometry"),
+        settings=lambda w: PLAN.dataset_settings(w.dataset, "geometry"),
         source=source_option,
         out=lambda w, output: os.path.dirname(output.ct),
     wildcard_constraints:
-        dataset=alternatives(SIMULATED_DATASETS),
+        dataset=alternatives(PLAN.simulated_datasets),
     log:
         f"{R}/logs/prepare/{{dataset}}/{{subject}}.log",
     benchmark:
@@ -61,14 +61,14 @@ rule simulate:
     input:
         **rules.prepare.output,
     output:
-        xrays=f"{R}/{{dataset}}/{{subject}}/xrays/xrays.pt",
-        index=f"{R}/{{dataset}}/{{subject}}/xrays/index.csv",
+        xrays=PLAN.pattern("xrays"),
+        index=PLAN.pattern("xray_index"),
     params:
-        settings=simulate_settings,
+        settings=lambda w: PLAN.simulate_settings(w.dataset, w.subject),
         prepared=lambda w, input: os.path.dirname(input.ct),
         out=lambda w, output: os.path.dirname(output.xrays),
     wildcard_constraints:
-        dataset=alternatives(SIMULATED_DATASETS),
+        dataset=alternatives(PLAN.simulated_datasets),
     log:
         f"{R}/logs/simulate/{{dataset}}/{{subject}}.log",
     benchmark:
@@ -89,19 +89,19 @@ rule parse:
     input:
         raw_inputs,
     output:
-        ct=f"{R}/{{dataset}}/{{subject}}/prepared/ct.nii.gz",
-        mask=f"{R}/{{dataset}}/{{subject}}/prepared/mask.nii.gz",
-        landmarks=f"{R}/{{dataset}}/{{subject}}/prepared/landmarks.csv",
-        geometry=f"{R}/{{dataset}}/{{subject}}/prepared/geometry.json",
-        xrays=f"{R}/{{dataset}}/{{subject}}/xrays/xrays.pt",
-        index=f"{R}/{{dataset}}/{{subject}}/xrays/index.csv",
+        ct=PLAN.pattern("ct"),
+        mask=PLAN.pattern("mask"),
+        landmarks=PLAN.pattern("landmarks"),
+        geometry=PLAN.pattern("geometry"),
+        xrays=PLAN.pattern("xrays"),
+        index=PLAN.pattern("xray_index"),
     params:
-        settings=lambda w: dataset_settings(w.dataset),
-        source=lambda w: source_path(w.dataset, w.subject),
+        settings=lambda w: PLAN.dataset_settings(w.dataset),
+        source=lambda w: PLAN.source_path(w.dataset, w.subject),
         prepared=lambda w, output: os.path.dirname(output.ct),
         xrays=lambda w, output: os.path.dirname(output.xrays),
     wildcard_constraints:
-        dataset=alternatives(PARSED_DATASETS),
+        dataset=alternatives(PLAN.parsed_datasets),
     log:
         f"{R}/logs/parse/{{dataset}}/{{subject}}.log",
     benchmark:
@@ -124,21 +124,19 @@ rule check_data:
         **rules.parse.output,
     output:
         report(
-            f"{R}/{{dataset}}/{{subject}}/checks/check_data.csv",
+            PLAN.pattern("check_data"),
             caption="../report/check_data.rst",
             category="Data checks",
             subcategory="{dataset}",
             labels={"dataset": "{dataset}", "subject": "{subject}"},
         ),
     params:
-        settings=lambda w: subject_settings(w.dataset, w.subject, "prior", "render"),
-        source=lambda w: f"--source {shlex.quote(source_path(w.dataset, w.subject))}"
-        if w.dataset in DOWNLOADED_DATASETS
-        else "",
+        settings=subject_settings("prior", "render"),
+        source=source_option,
         prepared=lambda w, input: os.path.dirname(input.ct),
         xrays=lambda w, input: os.path.dirname(input.xrays),
     wildcard_constraints:
-        dataset=alternatives(PARSED_DATASETS),
+        dataset=alternatives(PLAN.parsed_datasets),
     log:
         f"{R}/logs/check_data/{{dataset}}/{{subject}}.log",
     resources:

@@ -11,16 +11,16 @@ rule train_regressor_agnostic:
     input:
         agnostic_train_inputs,
     output:
-        model=f"{R}/_agnostic/{{dataset}}/models/regressor.pt",
-        log_csv=f"{R}/_agnostic/{{dataset}}/models/regressor.log.csv",
-        snapshot=f"{R}/_agnostic/{{dataset}}/models/regressor.config.json",
+        model=PLAN.pattern("agnostic_regressor"),
+        log_csv=PLAN.pattern("agnostic_regressor_log"),
+        snapshot=PLAN.pattern("agnostic_regressor_snapshot"),
     # Its similarity training and registrations wait for it: start it early.
     priority: 20  # above two priority-5 trainings: snakemake weighs the sum of a batch
     params:
-        settings=lambda w: agnostic_settings(w.dataset, "prior", "render", "regressor", "geometry", "augment"),
+        settings=agnostic_settings("prior", "render", "regressor", "geometry", "augment"),
         prepared=agnostic_train_dirs,
     wildcard_constraints:
-        dataset=alternatives(AGNOSTIC),
+        dataset=alternatives(PLAN.agnostic),
     threads: 2
     log:
         f"{R}/logs/train_regressor_agnostic/{{dataset}}.log",
@@ -29,7 +29,7 @@ rule train_regressor_agnostic:
     resources:
         mem_mb=8000,
         runtime=480,
-        gpu=GPU,
+        gpu=PLAN.gpu,
     conda:
         "../../envs/regbench.yaml"
     shell:
@@ -43,14 +43,16 @@ rule train_similarity_agnostic:
         agnostic_train_inputs,
         regressor=rules.train_regressor_agnostic.output.model,
     output:
-        model=f"{R}/_agnostic/{{dataset}}/models/similarity-{{method}}.pt",
-        log_csv=f"{R}/_agnostic/{{dataset}}/models/similarity-{{method}}.log.csv",
-        snapshot=f"{R}/_agnostic/{{dataset}}/models/similarity-{{method}}.config.json",
+        model=PLAN.pattern("agnostic_similarity"),
+        log_csv=PLAN.pattern("agnostic_similarity_log"),
+        snapshot=PLAN.pattern("agnostic_similarity_snapshot"),
     params:
-        settings=lambda w: agnostic_settings(w.dataset, "prior", "render", "similarity", "geometry", "augment", "regressor"),
+        settings=agnostic_settings(
+            "prior", "render", "similarity", "geometry", "augment", "regressor"
+        ),
         prepared=agnostic_train_dirs,
     wildcard_constraints:
-        dataset=alternatives(AGNOSTIC),
+        dataset=alternatives(PLAN.agnostic),
     threads: 1
     log:
         f"{R}/logs/train_similarity_agnostic/{{dataset}}/{{method}}.log",
@@ -59,7 +61,7 @@ rule train_similarity_agnostic:
     resources:
         mem_mb=8000,
         runtime=480,
-        gpu=GPU,
+        gpu=PLAN.gpu,
     conda:
         "../../envs/regbench.yaml"
     priority: 5  # every similarity trained before the registrations queue behind them
@@ -82,13 +84,13 @@ use rule register as register_agnostic with:
         regressor=rules.train_regressor_agnostic.output.model,
         similarity=agnostic_similarity_model,
     output:
-        runs=f"{R}/_agnostic/{{dataset}}/{{subject}}/runs/{{method}}.csv",
-        trajectory=f"{R}/_agnostic/{{dataset}}/{{subject}}/runs/{{method}}.trajectory.csv",
-        snapshot=f"{R}/_agnostic/{{dataset}}/{{subject}}/runs/{{method}}.config.json",
+        runs=PLAN.pattern("agnostic_runs"),
+        trajectory=PLAN.pattern("agnostic_trajectory"),
+        snapshot=PLAN.pattern("agnostic_run_snapshot"),
     params:
-        settings=lambda w: register_settings(w, agnostic=True),
+        settings=lambda w: PLAN.register_settings(w.dataset, w.subject, w.method, agnostic=True),
     wildcard_constraints:
-        dataset=alternatives(AGNOSTIC),
+        dataset=alternatives(PLAN.agnostic),
     log:
         f"{R}/logs/register_agnostic/{{dataset}}/{{subject}}/{{method}}.log",
     benchmark:
@@ -97,11 +99,11 @@ use rule register as register_agnostic with:
 
 rule generalization_table:
     input:
-        agnostic_run_csvs(),
+        PLAN.agnostic_run_csvs(),
     output:
-        report_generalization_tables(),
+        report_tables(PLAN.generalization_files()),
     params:
-        settings=generalization_settings(),
+        settings=PLAN.generalization_settings(),
         out=lambda w, output: os.path.dirname(output[0]),
     log:
         f"{R}/logs/generalization_table.log",

@@ -8,9 +8,9 @@ rule register:
         regressor=rules.train_regressor.output.model,
         similarity=similarity_model,
     output:
-        runs=f"{R}/{{dataset}}/{{subject}}/runs/{{method}}.csv",
-        trajectory=f"{R}/{{dataset}}/{{subject}}/runs/{{method}}.trajectory.csv",
-        snapshot=f"{R}/{{dataset}}/{{subject}}/runs/{{method}}.config.json",
+        runs=PLAN.pattern("runs"),
+        trajectory=PLAN.pattern("trajectory"),
+        snapshot=PLAN.pattern("run_snapshot"),
     params:
         settings=register_settings,
         prepared=lambda w, input: os.path.dirname(input.ct),
@@ -24,7 +24,7 @@ rule register:
     resources:
         mem_mb=4000,
         runtime=240,
-        gpu=GPU,
+        gpu=PLAN.gpu,
     conda:
         "../../envs/regbench.yaml"
     shell:
@@ -40,13 +40,13 @@ rule optimizer_study:
         xrays=rules.simulate.output.xrays,
         index=rules.simulate.output.index,
         regressor=rules.train_regressor.output.model,
-        similarity=f"{R}/{{dataset}}/{{subject}}/models/similarity-ours-so4.pt",
+        similarity=PLAN.optimizer_study_similarity(),
     output:
-        f"{R}/{{dataset}}/{{subject}}/runs/optimizers.trajectory.csv",
+        PLAN.pattern("optimizer_study"),
     params:
-        settings=lambda w: subject_settings(
-            w.dataset, w.subject, "prior", "render", "regressor", "geometry", "augment",
-            "similarity", "lm", "optimizer_study",
+        settings=subject_settings(
+            "prior", "render", "regressor", "geometry", "augment", "similarity", "lm",
+            "optimizer_study",
         ),
         prepared=lambda w, input: os.path.dirname(input.ct),
         xrays=lambda w, input: os.path.dirname(input.xrays),

@@ -12,11 +12,11 @@ report: "../report/workflow.rst"
 
 rule tables:
     input:
-        run_csvs(),
+        PLAN.run_csvs(),
     output:
-        report_tables(),
+        report_tables(PLAN.table_files()),
     params:
-        settings=lambda w: settings("methods", "evaluation"),
+        settings=PLAN.settings("methods", "evaluation"),
         out=lambda w, output: os.path.dirname(output[0]),
     log:
         f"{R}/logs/tables.log",
@@ -29,14 +29,14 @@ rule tables:
 
 rule figures:
     input:
-        runs=run_csvs(),
-        trajectories=trajectory_csvs(),
-        xrays=[f"{subject_dir(d, s)}/xrays/index.csv" for d, s in SUBJECTS],
-        optimizers=optimizer_studies(),
+        runs=PLAN.run_csvs(),
+        trajectories=PLAN.trajectory_csvs(),
+        xrays=PLAN.xray_indexes(),
+        optimizers=PLAN.optimizer_studies(),
     output:
         report_figures(),
     params:
-        settings=lambda w: settings("methods", "evaluation", "render"),
+        settings=PLAN.settings("methods", "evaluation", "render"),
         out=lambda w, output: os.path.dirname(output[0]),
     log:
         f"{R}/logs/figures.log",

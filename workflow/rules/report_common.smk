@@ -3,12 +3,13 @@
 # build_report() (the Snakefile's onsuccess).
 import json
 import os
-import re
 import subprocess
 import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
+
+from regbench.planning import table_category
 
 REPORT_HTML = f"{R}/report.html"
 # Absolute, so that report() resolves them wherever it is called (rule all lives in the Snakefile).
@@ -36,15 +37,10 @@ def _stem_ext(path):
     return stem, ext.lstrip(".")
 
 
-def table_category(stem):
-    """The report category of a table: its table in the paper (table1 -> Table 1)."""
-    return re.sub(r"^table(\d+)$", r"Table \1", stem)
-
-
-def report_tables():
-    """table_files(), each flagged for the report under its paper table's category."""
+def report_tables(paths):
+    """Table files, each flagged for the report under its paper table's category."""
     flagged = []
-    for path in table_files():
+    for path in paths:
         stem, ext = _stem_ext(path)
         category = table_category(stem)
         labels = {"table": category, "format": ext}
@@ -53,9 +49,9 @@ def report_tables():
 
 
 def report_figures():
-    """figure_files(), each flagged for the report (category Figures, one subcategory each)."""
+    """PLAN's figures, each flagged for the report (category Figures, one subcategory each)."""
     flagged = []
-    for path in figure_files():
+    for path in PLAN.figure_files():
         stem, ext = _stem_ext(path)
         title = FIGURE_TITLES.get(stem, stem)
         labels = {"figure": title, "format": ext}
@@ -71,31 +67,9 @@ def building_report():
     )
 
 
-def configured_subjects(spec):
-    """Every subject id a dataset's config names (subjects, train_subjects, test_subjects...)."""
-    found = set()
-    for key, value in spec.items() if isinstance(spec, dict) else ():
-        if key.endswith("subjects") and isinstance(value, list):
-            found |= set(map(str, value))
-        elif isinstance(value, dict):
-            found |= configured_subjects(value)
-    return found
-
-
-def in_config(wildcards, subjects):
-    """Whether a benchmark's wildcards name a configured dataset, subject and method."""
-    dataset, subject, method = (wildcards.get(k) for k in ("dataset", "subject", "method"))
-    return (
-        (dataset is None or dataset in subjects)
-        and (subject is None or dataset is None or subject in subjects[dataset])
-        and (method is None or method in RUN_METHODS)
-    )
-
-
 def benchmark_files():
     """(path, rule, wildcards) of this config's benchmark files on disk, globbed from the
     benchmark pattern of every rule that has one."""
-    subjects = {d: configured_subjects(spec) for d, spec in config["datasets"].items()}
     files = []
     for item in workflow.rules:
         if item.benchmark is None:
@@ -108,7 +82,7 @@ def benchmark_files():
             continue
         for values in zip(*found):
             wildcards = dict(zip(found._fields, values))
-            if in_config(wildcards, subjects):
+            if PLAN.names_configured(wildcards):
                 files.append((pattern.format(**wildcards), item.name, wildcards))
     return sorted(files, key=lambda f: f[0])
 

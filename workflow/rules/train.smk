@@ -3,13 +3,13 @@ rule train_regressor:
         **rules.prepare.output,
         checked=data_check,
     output:
-        model=f"{R}/{{dataset}}/{{subject}}/models/regressor.pt",
-        log_csv=f"{R}/{{dataset}}/{{subject}}/models/regressor.log.csv",
-        snapshot=f"{R}/{{dataset}}/{{subject}}/models/regressor.config.json",
+        model=PLAN.pattern("regressor"),
+        log_csv=PLAN.pattern("regressor_log"),
+        snapshot=PLAN.pattern("regressor_snapshot"),
     # Every registration waits for it: start it before the similarity models.
     priority: 20  # above two priority-5 trainings: snakemake weighs the sum of a batch
     params:
-        settings=lambda w: subject_settings(w.dataset, w.subject, "prior", "render", "regressor", "geometry", "augment"),
+        settings=subject_settings("prior", "render", "regressor", "geometry", "augment"),
         prepared=lambda w, input: os.path.dirname(input.ct),
     threads: 2
     log:
@@ -19,7 +19,7 @@ rule train_regressor:
     resources:
         mem_mb=6000,
         runtime=240,
-        gpu=GPU,
+        gpu=PLAN.gpu,
     conda:
         "../../envs/regbench.yaml"
     shell:
@@ -34,11 +34,13 @@ rule train_similarity:
         regressor=rules.train_regressor.output.model,
         checked=data_check,
     output:
-        model=f"{R}/{{dataset}}/{{subject}}/models/similarity-{{method}}.pt",
-        log_csv=f"{R}/{{dataset}}/{{subject}}/models/similarity-{{method}}.log.csv",
-        snapshot=f"{R}/{{dataset}}/{{subject}}/models/similarity-{{method}}.config.json",
+        model=PLAN.pattern("similarity"),
+        log_csv=PLAN.pattern("similarity_log"),
+        snapshot=PLAN.pattern("similarity_snapshot"),
     params:
-        settings=lambda w: subject_settings(w.dataset, w.subject, "prior", "render", "similarity", "geometry", "augment", "regressor"),
+        settings=subject_settings(
+            "prior", "render", "similarity", "geometry", "augment", "regressor"
+        ),
         prepared=lambda w, input: os.path.dirname(input.ct),
     threads: 1
     log:
@@ -48,7 +50,7 @@ rule train_similarity:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=GPU,
+        gpu=PLAN.gpu,
     conda:
         "../../envs/regbench.yaml"
     priority: 5  # every similarity trained before the registrations queue behind them

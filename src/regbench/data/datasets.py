@@ -96,7 +96,7 @@ def subject_view(dataset: str, subject: str) -> str | None:
 
 def resolve_prior(config: Mapping, dataset: str, subject: str) -> dict:
     """The prior block of ``subject``: global ``prior``, then the dataset's, then its view's."""
-    from regbench.geometry.priors import subject_prior
+    from regbench.config import subject_prior
 
     spec = (config.get("datasets") or {}).get(dataset) or {}
     try:

@@ -55,26 +55,6 @@ class PosePrior:
         return carm_pose(rot[None], trans[None])[0]
 
 
-PRIOR_KEYS = ("rotation_deg_mean", "rotation_deg_std", "translation_mm_mean", "translation_mm_std")
-
-
-def subject_prior(default: dict, spec: dict, view: str | None = None) -> dict:
-    """The prior block of one subject: the global one, then its dataset's, then its view's.
-
-    Why layered: a dataset's C-arm sits elsewhere than the global AP default (DeepFluoro's
-    source is posterior, Ljubljana's lateral views are 90 degrees from AP); each level sets only
-    the keys it changes. ``spec`` is the dataset's config (``prior``, ``view_priors``).
-    """
-    out = {k: list(default[k]) for k in PRIOR_KEYS}
-    view_layer = (spec.get("view_priors") or {}).get(view) if view else None
-    for layer in (spec.get("prior"), view_layer):
-        for key, value in (layer or {}).items():
-            if key not in out:
-                raise ValueError(f"unknown prior key '{key}' (known: {', '.join(PRIOR_KEYS)})")
-            out[key] = list(value)
-    return out
-
-
 def wrap_deg(angle: torch.Tensor) -> torch.Tensor:
     """Angles (deg) to [-180, 180): an angle near 180 is close to one near -180."""
     return torch.remainder(angle + 180.0, 360.0) - 180.0
