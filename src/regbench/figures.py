@@ -369,3 +369,40 @@ def training_curve_figure(frame: pd.DataFrame, out_stem: str | Path, variant: st
     ax.legend(fontsize="small")
     fig.tight_layout()
     return save_figure(fig, out_stem)
+
+
+# ---------------------------------------------------------------- backbone study (Figure 4, left)
+
+
+def backbone_figure(study: pd.DataFrame, out_stem: str | Path) -> list[Path]:
+    """Training time against PoseNet median mTRE, one point per backbone (and subject).
+
+    Filled markers: the loss criterion was met; hollow: the training hit the step cap first, so
+    its time is the cap's, not the paper's time-to-criterion.
+    """
+    fig = Figure(figsize=(5.0, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    backbones = _ordered(study["backbone"])
+    colours = _palette(backbones)
+    for row in study.itertuples():
+        colour = colours[row.backbone]
+        ax.scatter(
+            row.train_seconds,
+            max(row.mtre_median_mm, FLOOR_MM),
+            s=20 + 6 * float(row.parameters_m),
+            facecolors=colour if bool(row.settled) else "none",
+            edgecolors=colour,
+            linewidths=1.5,
+        )
+        ax.annotate(
+            row.backbone,
+            (row.train_seconds, max(row.mtre_median_mm, FLOOR_MM)),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+        )
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel("PoseNet median mTRE (mm)")
+    ax.set_title("Pose regressor backbones (hollow: step cap reached)", fontsize=9)
+    ax.margins(0.15)
+    return save_figure(fig, out_stem)

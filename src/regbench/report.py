@@ -102,3 +102,10 @@ def qualitative_examples(run_paths: list[Path], runs: pd.DataFrame, settings: di
                 }
             )
     return examples
+
+
+def build_backbone_outputs(study_paths: list[Path], figure_dir: Path, table_dir: Path) -> None:
+    """The backbone study (the paper's Figure 4, left) as a figure and a table."""
+    study = pd.concat([pd.read_csv(p) for p in study_paths], ignore_index=True)
+    tables.write_table(tables.backbone_table(study), table_dir / "backbones")
+    figures.backbone_figure(study, figure_dir / "backbones")

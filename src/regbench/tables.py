@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from regbench.errors import InputError
 from regbench.evaluate import percentile, summarize
 from regbench.io import write_csv, write_text
 
@@ -60,8 +61,9 @@ TABLE1_COLUMNS = (
     "Note",
 )
 ABLATION_COLUMNS = ("Dataset", "Method", "SMSR (%)", "Mean (mm)", "Std (mm)", "N", "Failed", "Note")
-_TEXT_COLUMNS = ("Dataset", "Method", "Note")
-_COUNT_COLUMNS = ("N", "Failed")
+_TEXT_COLUMNS = ("Dataset", "Method", "Note", "Subject", "Backbone", "Loss settled")
+_COUNT_COLUMNS = ("N", "Failed", "Epochs", "Steps")
+_SCIENTIFIC_COLUMNS = ("Loss std",)  # a criterion of order 1e-4
 
 
 # ---------------------------------------------------------------- reading
@@ -269,6 +271,8 @@ def format_table(df: pd.DataFrame) -> pd.DataFrame:
             out[column] = df[column].fillna("").astype(str)
         elif column in _COUNT_COLUMNS:
             out[column] = [_fmt(int(v) if not pd.isna(v) else math.nan, 0) for v in df[column]]
+        elif column in _SCIENTIFIC_COLUMNS:
+            out[column] = ["–" if pd.isna(v) else f"{float(v):.1e}" for v in df[column]]
         else:
             out[column] = [_fmt(v, _digits(column)) for v in df[column]]
     out = _pair(df, out, "Mean (mm)", "Std (mm)", "Mean ± std (mm)", ci=False)
@@ -335,3 +339,28 @@ def write_table(df: pd.DataFrame, stem: str | Path) -> list[Path]:
     write_text(to_markdown(shown), paths[1])
     write_text(to_latex(shown), paths[2])
     return paths
+
+
+BACKBONE_COLUMNS = {
+    "dataset": "Dataset",
+    "subject": "Subject",
+    "backbone": "Backbone",
+    "parameters_m": "Params (M)",
+    "epochs": "Epochs",
+    "steps": "Steps",
+    "settled": "Loss settled",
+    "loss_std": "Loss std",
+    "train_seconds": "Train time (s)",
+    "mtre_median_mm": "PoseNet median (mm)",
+    "mtre_mean_mm": "PoseNet mean (mm)",
+}
+
+
+def backbone_table(study: pd.DataFrame) -> pd.DataFrame:
+    """The backbone study's rows with the tables' headers (the paper's Figure 4, left)."""
+    missing = [c for c in BACKBONE_COLUMNS if c not in study.columns]
+    if missing:
+        raise InputError(f"backbone study is missing columns {missing}")
+    table = study[list(BACKBONE_COLUMNS)].rename(columns=BACKBONE_COLUMNS)
+    table["Loss settled"] = table["Loss settled"].map({True: "yes", False: "no (step cap)"})
+    return table.reset_index(drop=True)
