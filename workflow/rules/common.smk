@@ -54,7 +54,7 @@ def check_datasets():
             )
         for subject in data_subjects(dataset):
             try:
-                registry.check_subject(dataset, subject, spec)
+                registry.get(dataset).check_subject(subject, spec)
             except InputError as exc:
                 raise WorkflowError(f"config: datasets.{dataset}: {exc}") from None
 
@@ -98,9 +98,9 @@ def resolve_priors():
 
 
 PRIORS, AGNOSTIC_PRIORS = resolve_priors()
-PARSED_DATASETS = [d for d in DATASETS if registry.has_parsed_xrays(d)]
-SIMULATED_DATASETS = [d for d in DATASETS if not registry.has_parsed_xrays(d)]
-DOWNLOADED_DATASETS = [d for d in DATASETS if registry.info(d).downloaded]
+PARSED_DATASETS = [d for d in DATASETS if registry.get(d).xrays == "parsed"]
+SIMULATED_DATASETS = [d for d in DATASETS if registry.get(d).xrays == "simulated"]
+DOWNLOADED_DATASETS = [d for d in DATASETS if registry.get(d).downloaded]
 # Heavy rules request a GPU from the scheduler (resources: gpu=GPU) when the config asks for CUDA.
 GPU = 1 if config["device"] == "cuda" else 0
 
@@ -205,23 +205,14 @@ def dataset_settings(dataset, *sections):
     """settings(*sections) plus the dataset's preparation keys (not its subject lists or pins)."""
     blob = json.loads(settings(*sections))
     spec = registry.preparation_settings(dataset, config["datasets"][dataset])
-    if registry.has_parsed_xrays(dataset):  # the X-ray rows after downsampling
+    if registry.get(dataset).xrays == "parsed":  # the X-ray rows after downsampling
         spec["height"] = spec.get("height") or config["geometry"]["height"]
     blob["datasets"] = {dataset: spec}
     return json.dumps(blob, sort_keys=True)
 
 
-def raw_records(dataset, subject):
-    """The download records (.sha256) of the raw files a subject is prepared from."""
-    spec = config["datasets"][dataset]
-    return [
-        registry.record_path(f"{DATA}/{dataset}/{f}")
-        for f in registry.raw_files(dataset, subject, spec)
-    ]
-
-
 def source_path(dataset, subject):
-    return registry.source_path(dataset, subject, config["datasets"][dataset], DATA)
+    return registry.get(dataset).source_path(subject, config["datasets"][dataset], DATA)
 
 
 def download_settings(dataset, file):
@@ -238,9 +229,7 @@ def download_settings(dataset, file):
 def raw_inputs(wildcards):
     """What a subject is prepared from: raw files' download records, a custom folder's files."""
     d, s = wildcards.dataset, wildcards.subject
-    if d == "custom":
-        return registry.custom_files(source_path(d, s))
-    return raw_records(d, s)
+    return registry.get(d).raw_inputs(s, config["datasets"][d], DATA)
 
 
 def data_check(wildcards):
