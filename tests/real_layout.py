@@ -29,10 +29,9 @@ import numpy as np
 import pandas as pd
 from scipy.ndimage import map_coordinates
 
-from regbench.data.datasets import to_ras
 from regbench.data.embedded import embedded_files
 from regbench.data.prepare import resample_and_center
-from regbench.data.volumes import read_ct, read_mask
+from regbench.data.volumes import read_ct, read_mask, to_ras
 
 DF_SIZE = 1536
 DF_PIXEL = 0.194  # mm

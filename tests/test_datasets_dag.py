@@ -19,8 +19,9 @@ import yaml
 from conftest import REPO
 
 from regbench import cli
+from regbench.data import datasets
 from regbench.data.custom import make_example_custom_folder
-from regbench.data.datasets import check_subject, download_file, prepare_ctspine1k, raw_files
+from regbench.data.datasets.ctspine1k import prepare_case
 from regbench.data.volumes import save_volume
 from regbench.data.xrays import read_xrays
 from regbench.errors import InputError
@@ -156,9 +157,9 @@ def test_register_agnostic_takes_the_inputs_of_register():
 
 
 def test_subject_ids_are_checked_when_planning():
-    check_subject("deepfluoro", "specimen3", {})
-    check_subject("ljubljana", "subject10-lat", {})
-    assert raw_files("ctspine1k", "liver_7", {}) == [
+    datasets.get("deepfluoro").check_subject("specimen3", {})
+    datasets.get("ljubljana").check_subject("subject10-lat", {})
+    assert datasets.get("ctspine1k").raw_files("liver_7", {}) == [
         "volumes/liver_7.nii.gz",
         "labels/liver_7_seg.nii.gz",
     ]
@@ -169,7 +170,7 @@ def test_subject_ids_are_checked_when_planning():
         ("custom", "_hidden"),
     ]:
         with pytest.raises(InputError):
-            check_subject(dataset, subject, {})
+            datasets.get(dataset).check_subject(subject, {})
 
 
 def test_custom_worked_example_runs_to_a_table_row(tmp_path):
@@ -235,11 +236,11 @@ def test_ctspine1k_case_is_prepared_from_ct_and_vertebra_mask(tmp_path):
         ct[10:20, 8:16, z] = 700.0
     mask[0:3, 0:3, 0:3] = 3  # C3 touches the border: cut by the field of view, not a landmark
     root = tmp_path / "ctspine1k"
-    files = raw_files("ctspine1k", "liver_3", {})
+    files = datasets.get("ctspine1k").raw_files("liver_3", {})
     save_volume(ct, affine, root / files[0])
     save_volume(mask, affine, root / files[1])
 
-    prepared = prepare_ctspine1k(root, "liver_3", 2.5, 10)
+    prepared = prepare_case(root, "liver_3", 2.5, 10)
     assert prepared.landmarks["name"].tolist() == ["L1", "L2", "L3", "L4", "L5"]
     ijk = np.stack([[14.5, 11.5, 8.0 + 10 * k] for k in range(5)])
     expected = ijk @ affine[:3, :3].T + affine[:3, 3] - prepared.shift_mm
@@ -252,7 +253,7 @@ def test_ctspine1k_file_put_by_hand_is_accepted(tmp_path):
     (root / "volumes").mkdir(parents=True)
     (root / "volumes" / "liver_3.nii.gz").write_bytes(b"a CT")
     digest = hashlib.sha256(b"a CT").hexdigest()
-    path = download_file("ctspine1k", "volumes/liver_3.nii.gz", root, sha256=digest)
+    path = datasets.get("ctspine1k").download("volumes/liver_3.nii.gz", root, sha256=digest)
     assert Path(f"{path}.sha256").read_text().split()[0] == digest
 
 

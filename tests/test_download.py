@@ -22,15 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from regbench.data import download as dl
+from regbench.data import datasets
+from regbench.data.datasets import ctspine1k, deepfluoro, ljubljana
+from regbench.data.datasets.ctspine1k import case_sources
 from regbench.data.download import (
-    SOURCES,
     ChecksumError,
     DownloadError,
     Source,
-    ctspine1k_case_sources,
     download,
-    fetch_dataset,
+    fetch,
     unpack_member,
 )
 
@@ -396,64 +396,58 @@ def test_unpack_member_damaged_archive(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["a.zip"]
 
 
-def test_fetch_dataset_downloads_and_unpacks(
-    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fetch_downloads_and_unpacks(served: Served, tmp_path: Path) -> None:
     payload = os.urandom(20_000)
     served.state.files["/toy.zip"] = _zip_bytes("toy.h5", payload)
     src = Source(
         "toy", f"{served.base}/toy.zip", "toy.zip", unpack="zip", member="toy.h5", licence="x"
     )
-    monkeypatch.setitem(SOURCES, "toy", src)
-    out = fetch_dataset("toy", tmp_path, **FAST)
+    out = fetch(src, tmp_path, **FAST)
     assert out == tmp_path / "toy.h5"
     assert out.read_bytes() == payload
     assert not (tmp_path / "toy.zip").exists()  # archive removed after a verified unpack
     meta = json.loads((tmp_path / "toy.h5.source.json").read_text())
     assert meta["url"] == src.url and meta["member"] == "toy.h5" and meta["archive_sha256"]
     served.state.requests.clear()
-    assert fetch_dataset("toy", tmp_path, **FAST) == out
+    assert fetch(src, tmp_path, **FAST) == out
     assert served.state.requests == []
 
 
-def test_fetch_dataset_keeps_hand_placed_archive(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fetch_keeps_hand_placed_archive(tmp_path: Path) -> None:
     payload = os.urandom(5000)
     (tmp_path / "toy.zip").write_bytes(_zip_bytes("toy.h5", payload))
     src = Source("toy", _closed_port_url(), "toy.zip", unpack="zip", member="toy.h5")
-    monkeypatch.setitem(SOURCES, "toy", src)
-    assert fetch_dataset("toy", tmp_path, **FAST).read_bytes() == payload
+    assert fetch(src, tmp_path, **FAST).read_bytes() == payload
     assert (tmp_path / "toy.zip").exists()
 
 
-def test_fetch_dataset_offline_names_both_places(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fetch_offline_names_both_places(tmp_path: Path) -> None:
     src = Source("toy", _closed_port_url(), "toy.zip", unpack="zip", member="toy.h5")
-    monkeypatch.setitem(SOURCES, "toy", src)
     with pytest.raises(DownloadError) as err:
-        fetch_dataset("toy", tmp_path, retries=0, **FAST)
+        fetch(src, tmp_path, retries=0, **FAST)
     msg = str(err.value)
     assert src.url in msg and str(tmp_path / "toy.zip") in msg and str(tmp_path / "toy.h5") in msg
 
 
-def test_fetch_dataset_ctspine1k_cases(served: Served, tmp_path: Path, monkeypatch) -> None:
+def test_ctspine1k_case_download(served: Served, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(
-        dl, "CTSPINE1K_URL_TEMPLATE", served.base + "/{repo}/{revision}/{kind}/{subset}/{file}"
+        ctspine1k, "URL_TEMPLATE", served.base + "/{repo}/{revision}/{kind}/{subset}/{file}"
     )
     vol, seg = os.urandom(2000), os.urandom(1000)
-    prefix = f"/{dl.CTSPINE1K_REPO}/{dl.CTSPINE1K_REVISION}"
+    prefix = f"/{ctspine1k.REPO}/{ctspine1k.REVISION}"
     served.state.files[f"{prefix}/volumes/MSD-T10/liver_0.nii.gz"] = vol
     served.state.files[f"{prefix}/labels/MSD-T10/liver_0_seg.nii.gz"] = seg
-    root = fetch_dataset("ctspine1k", tmp_path / "ctspine1k", case_ids=["liver_0"], **FAST)
+    root = tmp_path / "ctspine1k"
+    dataset = datasets.get("ctspine1k")
+    for file in dataset.raw_files("liver_0", {}):
+        dataset.download(file, root, progress=False)
     assert (root / "volumes" / "liver_0.nii.gz").read_bytes() == vol
     assert (root / "labels" / "liver_0_seg.nii.gz").read_bytes() == seg
 
 
 def test_ctspine1k_case_sources_urls() -> None:
     ids = ["liver_0.nii.gz", "HN_P001", "1.3.6.1.4.1.9328.50.4.0477", "volume-covid19-A-0377_ct"]
-    sources = ctspine1k_case_sources([*ids, "CTC-1018399231"])
+    sources = case_sources([*ids, "CTC-1018399231"])
     base = "https://huggingface.co/datasets/alexanderdann/CTSpine1K/resolve/main/raw_data"
     urls = [s.url for s in sources]
     assert urls[:2] == [
@@ -466,18 +460,23 @@ def test_ctspine1k_case_sources_urls() -> None:
     assert urls[8] == f"{base}/volumes/COLONOG/CTC-1018399231.nii.gz"
     assert sources[1].filename == "labels/liver_0_seg.nii.gz"
     assert all("CC BY-NC-SA" in s.licence for s in sources)
-    assert len(ctspine1k_case_sources(["COVID-19/x"], labels=False)) == 1
+    assert len(case_sources(["COVID-19/x"], labels=False)) == 1
     with pytest.raises(ValueError, match="subset"):
-        ctspine1k_case_sources(["mystery_case"])
+        case_sources(["mystery_case"])
 
 
 def test_sources_table_is_consistent() -> None:
-    for key, src in SOURCES.items():
+    sources = {
+        "deepfluoro": deepfluoro.SOURCE,
+        "ljubljana": ljubljana.SOURCE,
+        "ctspine1k-split": ctspine1k.SPLIT_SOURCE,
+    }
+    for key, src in sources.items():
         assert src.name == key
         assert src.url.startswith(("http://", "https://"))
         assert src.licence and src.homepage
         assert src.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", src.sha256)
         assert (src.unpack is None) == (src.member is None)
-    assert SOURCES["deepfluoro"].member == "ipcai_2020_full_res_data.h5"
-    assert "10.7281/T1/IFSXNV" in SOURCES["deepfluoro"].url
-    assert SOURCES["ljubljana"].member == "ljubljana.h5"
+    assert sources["deepfluoro"].member == "ipcai_2020_full_res_data.h5"
+    assert "10.7281/T1/IFSXNV" in sources["deepfluoro"].url
+    assert sources["ljubljana"].member == "ljubljana.h5"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from regbench import cli
-from regbench.data import download as dl
+from regbench.data.datasets.deepfluoro import DeepFluoro
 
 
 @pytest.fixture()
@@ -54,8 +54,8 @@ def test_certificate_failure_is_a_clear_message_not_a_traceback(
     self_signed_https, tmp_path, monkeypatch, capsys
 ):
     url = f"{self_signed_https}/ipcai_2020_full_res_data.zip"
-    source = dataclasses.replace(dl.SOURCES["deepfluoro"], url=url)
-    monkeypatch.setitem(dl.SOURCES, "deepfluoro", source)
+    source = dataclasses.replace(DeepFluoro.source, url=url)
+    monkeypatch.setattr(DeepFluoro, "source", source)
     root = tmp_path / "data" / "deepfluoro"
     rc = cli.main(
         [

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
+from configs import paper_config
 from conftest import REPO
-from test_priors import paper_config
 
 from regbench.config import load_config
 from regbench.errors import InputError
@@ -156,6 +156,13 @@ def test_report_helpers(default_config):
 
 
 def test_planning_imports_no_torch():
-    code = "import sys, regbench.planning; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    """Snakemake plans on every call, a dry run included: torch would cost it seconds."""
+    code = (
+        "import sys; from configs import layered_config, paper_config; "
+        "from regbench.planning import Plan; Plan(layered_config()); Plan(paper_config()); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO / "tests"
+    )
     assert out.stdout.strip() == "False"

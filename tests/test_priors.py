@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
 import yaml
+from configs import paper_config
 from conftest import REPO, SCHEMA
 from snakemake.utils import validate
 
@@ -23,21 +23,6 @@ GLOBAL = {
     "translation_mm_mean": [0.0, 850.0, 0.0],
     "translation_mm_std": [8.0, 20.0, 8.0],
 }
-
-
-def paper_config() -> dict:
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    paper = yaml.safe_load((REPO / "workflow" / "configs" / "paper.yaml").read_text())
-    for key, value in paper.items():  # Snakemake's --configfile merges nested mappings
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            merged = copy.deepcopy(cfg[key])
-            for k, v in value.items():
-                merged[k] = {**merged[k], **v} if isinstance(merged.get(k), dict) else v
-            cfg[key] = merged
-        else:
-            cfg[key] = value
-    validate(cfg, str(SCHEMA))
-    return cfg
 
 
 def test_layers_global_then_dataset_then_view():

@@ -2,18 +2,18 @@
 
 The files (tests/real_layout.py) are written from the embedded CT with the real detector,
 intrinsics, posterior (DeepFluoro) or AP + lateral (Ljubljana) cameras, rot-180 flags and the
-collimator border, rendered by an independent ray caster. Checked through ``parse_subject`` and
-``regbench.data.checks`` (what `regbench check-data` runs on the real files).
+collimator border, rendered by an independent ray caster. Checked through the dataset's ``parse``
+and ``regbench.data.checks`` (what `regbench check-data` runs on the real files).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from configs import paper_config
 from real_layout import write_deepfluoro, write_ljubljana
-from test_priors import paper_config
 
-from regbench.data import datasets as ds
+from regbench.data import datasets
 from regbench.data.checks import check_subject, failures
 from regbench.geometry.priors import PosePrior, prior_zscores
 
@@ -22,7 +22,7 @@ HEIGHT = 64
 
 def parse(dataset: str, subject: str, path, cfg: dict):
     spec = {**cfg["datasets"][dataset], "spacing_mm": 4.0 if dataset == "deepfluoro" else None}
-    return ds.parse_subject(dataset, subject, spec, path, HEIGHT)
+    return datasets.get(dataset).parse(subject, spec, path, HEIGHT)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def deepfluoro(tmp_path_factory, cfg):
     path = tmp_path_factory.mktemp("df") / "ipcai_2020_full_res_data.h5"
     write_deepfluoro(path, views=4)
     prepared, xrays = parse("deepfluoro", "specimen1", path, cfg)
-    prior = ds.resolve_prior(cfg, "deepfluoro", "specimen1")
+    prior = datasets.resolve_prior(cfg, "deepfluoro", "specimen1")
     report = check_subject(
         "deepfluoro", "specimen1", load(prepared, xrays), xrays, prior, cfg, path
     )
@@ -50,7 +50,7 @@ def ljubljana(tmp_path_factory, cfg):
     for view in ("ap", "lat"):
         subject = f"subject01-{view}"
         prepared, xrays = parse("ljubljana", subject, path, cfg)
-        prior = ds.resolve_prior(cfg, "ljubljana", subject)
+        prior = datasets.resolve_prior(cfg, "ljubljana", subject)
         report = check_subject("ljubljana", subject, load(prepared, xrays), xrays, prior, cfg, path)
         out[view] = prepared, xrays, report
     return path, out

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import yaml
+from configs import paper_config
 from real_layout import write_deepfluoro
-from test_priors import paper_config
 from tiny_dag import snakemake
 
 

@@ -29,31 +29,13 @@ def _dataset_spec(s: dict, dataset: str) -> dict:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from regbench.data import datasets as ds
+    from regbench.data import datasets
     from regbench.data.prepare import geometry_from_config
 
     s = _settings(args.settings)
     spec = _dataset_spec(s, args.dataset)
-    if ds.has_parsed_xrays(args.dataset):
-        raise InputError(f"dataset '{args.dataset}' has real X-rays: use `regbench parse`")
-    if args.dataset == "embedded":
-        from regbench.data.embedded import prepare_embedded
-
-        prepared = prepare_embedded(spec["spacing_mm"], spec["min_label_voxels"])
-    elif args.dataset == "embedded-cohort":
-        from regbench.data.cohort import prepare_cohort_subject
-        from regbench.seeding import derive_seed
-
-        seed = derive_seed(s["seed"], args.dataset, args.subject, "cohort")
-        prepared = prepare_cohort_subject(spec, seed)
-    elif args.dataset == "ctspine1k":
-        if not args.source:
-            raise InputError("dataset 'ctspine1k' needs --source (its data folder)")
-        prepared = ds.prepare_ctspine1k(
-            args.source, args.subject, spec["spacing_mm"], spec["min_label_voxels"]
-        )
-    else:
-        raise InputError(f"unknown dataset '{args.dataset}' (known: {', '.join(ds.DATASETS)})")
+    dataset = datasets.get(args.dataset)
+    prepared = dataset.prepare(args.subject, spec, seed=s["seed"], source=args.source)
     prepared.write(args.out, geometry_from_config(s["geometry"]))
     logging.info(
         "prepared %s/%s: CT %s, %d landmarks",
@@ -65,13 +47,14 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_parse(args: argparse.Namespace) -> None:
-    from regbench.data import datasets as ds
+    from regbench.data import datasets
     from regbench.io import all_or_nothing
 
     s = _settings(args.settings)
     spec = _dataset_spec(s, args.dataset)
     height = spec.get("height") or s["geometry"]["height"]
-    prepared, xrays = ds.parse_subject(args.dataset, args.subject, spec, args.source, height)
+    dataset = datasets.get(args.dataset)
+    prepared, xrays = dataset.parse(args.subject, spec, args.source, height)
     with all_or_nothing([*xrays.files(args.xrays), *prepared.files(args.prepared)]):
         xrays.write(args.xrays)
         prepared.write(args.prepared, xrays.geometry)
@@ -130,13 +113,12 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from regbench.data import datasets as ds
+    from regbench.data import datasets
     from regbench.data.download import DownloadError
 
     pins = _settings(args.settings).get("download", {})
     try:
-        path = ds.download_file(
-            args.dataset,
+        path = datasets.get(args.dataset).download(
             args.file,
             args.root,
             sha256=pins.get("sha256"),

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from regbench.data import datasets as registry
+from regbench.data.download import RECORD_SUFFIX
 from regbench.errors import InputError
 from regbench.methods import IMPLEMENTED
 from regbench.models.variants import VARIANTS
@@ -22,7 +23,7 @@ from regbench.models.variants import VARIANTS
 # Snakemake's wildcards. Rules take their outputs from here and target lists fill it in, so a
 # path is written once.
 LAYOUT: dict[str, str] = {
-    "download_record": "{dataset}/{file}.sha256",  # under data_root
+    "download_record": "{dataset}/{file}" + RECORD_SUFFIX,  # under data_root
     "ct": "{dataset}/{subject}/prepared/ct.nii.gz",
     "mask": "{dataset}/{subject}/prepared/mask.nii.gz",
     "landmarks": "{dataset}/{subject}/prepared/landmarks.csv",
@@ -100,9 +101,10 @@ class Plan:
         self.run_methods = [m for m in c["methods"] if m in IMPLEMENTED]
         self._check_datasets()
         self._resolve_priors()
-        self.parsed_datasets = [d for d in self.datasets if registry.has_parsed_xrays(d)]
-        self.simulated_datasets = [d for d in self.datasets if not registry.has_parsed_xrays(d)]
-        self.downloaded_datasets = [d for d in self.datasets if registry.info(d).downloaded]
+        kinds = {d: registry.get(d) for d in self.datasets}
+        self.parsed_datasets = [d for d, k in kinds.items() if k.xrays == "parsed"]
+        self.simulated_datasets = [d for d, k in kinds.items() if k.xrays == "simulated"]
+        self.downloaded_datasets = [d for d, k in kinds.items() if k.downloaded]
         # Heavy rules request a GPU from the scheduler when the config asks for CUDA.
         self.gpu = 1 if c["device"] == "cuda" else 0
         self.optimizer_study = OPTIMIZER_STUDY_METHOD in self.run_methods
@@ -132,7 +134,7 @@ class Plan:
                 )
             for subject in self.data_subjects(dataset):
                 try:
-                    registry.check_subject(dataset, subject, spec)
+                    registry.get(dataset).check_subject(subject, spec)
                 except InputError as exc:
                     raise InputError(f"config: datasets.{dataset}: {exc}") from None
 
@@ -226,7 +228,7 @@ class Plan:
         a parsed dataset's X-ray height is resolved here (its own, else the geometry's)."""
         blob = json.loads(self.settings(*sections))
         spec = registry.preparation_settings(dataset, self.config["datasets"][dataset])
-        if registry.has_parsed_xrays(dataset):
+        if registry.get(dataset).xrays == "parsed":
             spec["height"] = spec.get("height") or self.config["geometry"]["height"]
         blob["datasets"] = {dataset: spec}
         return _dump(blob)
@@ -262,9 +264,8 @@ class Plan:
     # ------------------------------------------------------------------ job inputs
 
     def source_path(self, dataset: str, subject: str) -> str:
-        return registry.source_path(
-            dataset, subject, self.config["datasets"][dataset], self.data_root
-        )
+        spec = self.config["datasets"][dataset]
+        return registry.get(dataset).source_path(subject, spec, self.data_root)
 
     def source_option(self, dataset: str, subject: str) -> str:
         """`--source` of the data verbs for datasets prepared from downloaded files."""
@@ -275,12 +276,7 @@ class Plan:
     def raw_inputs(self, dataset: str, subject: str) -> list[str]:
         """What a subject is prepared from: raw files' download records, a custom folder's files."""
         spec = self.config["datasets"][dataset]
-        if dataset == "custom":
-            return registry.custom_files(self.source_path(dataset, subject))
-        return [
-            self.path("download_record", dataset=dataset, file=f)
-            for f in registry.raw_files(dataset, subject, spec)
-        ]
+        return registry.get(dataset).raw_inputs(subject, spec, self.data_root)
 
     def data_check(self, dataset: str, subject: str) -> list[str]:
         """The check_data report a parsed subject's training waits for (none when simulated)."""

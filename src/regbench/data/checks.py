@@ -66,7 +66,7 @@ def file_landmarks_2d(
                 flag = bool(h5_array(proj, "rot-180-for-up").item())
                 out[key] = raw_to_parsed(uv, size, COLLIMATOR_CROP_PX, flag, height)
     elif dataset == "ljubljana":
-        from regbench.data.ljubljana import split_subject
+        from regbench.data.datasets.ljubljana import split_subject
 
         patient, view = split_subject(subject)
         with open_h5(source, "Ljubljana") as f:

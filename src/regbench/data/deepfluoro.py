@@ -50,20 +50,12 @@ import pandas as pd
 import torch
 
 from regbench.data.custom import downsample, translate
+from regbench.data.datasets.deepfluoro import SPECIMENS
 from regbench.data.prepare import PreparedSubject, resample_and_center
 from regbench.data.xrays import XraySet
 from regbench.errors import InputError
 from regbench.geometry.poses import check_rigid
 
-# DiffPose / diffdrrdata order of the six specimens.
-SPECIMENS = {
-    "specimen1": "17-1882",
-    "specimen2": "18-1109",
-    "specimen3": "18-0725",
-    "specimen4": "18-2799",
-    "specimen5": "18-2800",
-    "specimen6": "17-1905",
-}
 INITIAL_ENERGY = 65487.0  # I0 of DiffPose's log transform
 COLLIMATOR_CROP_PX = 50  # 1536 -> 1436, as DiffPose's center_crop
 ORIENTATION = "AP"

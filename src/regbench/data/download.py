@@ -1,11 +1,13 @@
-"""Resumable, verified downloads of the benchmark's public datasets.
+"""Resumable, verified downloads of raw data files; nothing here knows any dataset.
 
-The datasets are GB-sized files on academic servers, Google Drive and the Hugging Face Hub. Those
+Raw data are GB-sized files on academic servers, file-sharing services and model hubs. Those
 hosts drop connections, ignore Range requests, or answer with an HTML page instead of the file. A
 pipeline must never mistake a truncated or wrong file for the real one, and on a machine without
 internet access it must say exactly where the user can put the file by hand. Hence every download
 here streams to ``<dest>.part``, resumes it, hashes while streaming, renames atomically only after
 all checks pass, and records ``<dest>.sha256`` and ``<dest>.source.json`` beside the result.
+The dataset modules describe their files as :class:`Source` objects at planning time, so this
+module imports no pandas (the file writers are imported where they are used).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -33,22 +35,22 @@ from typing import Any
 from tqdm import tqdm
 
 from regbench import __version__
-from regbench.io import atomic_path, write_json, write_text
 
 __all__ = [
-    "CTSPINE1K_REVISION",
-    "CTSPINE1K_SUBSETS",
+    "RECORD_SUFFIX",
     "ChecksumError",
     "DownloadError",
-    "SOURCES",
     "Source",
-    "ctspine1k_case_sources",
     "download",
-    "fetch_dataset",
+    "fetch",
+    "record_path",
     "sha256_file",
     "unpack_member",
     "verify_existing",
 ]
+
+# The record beside a verified file; the workflow tracks it instead of the file itself.
+RECORD_SUFFIX = ".sha256"
 
 
 class DownloadError(RuntimeError):
@@ -74,7 +76,7 @@ class ChecksumError(DownloadError):
 
 @dataclass(frozen=True)
 class Source:
-    """Where a dataset file comes from, how to check it, and under which terms it may be used.
+    """Where a file comes from, how to check it, and under which terms it may be used.
 
     ``filename`` is the name of the payload as downloaded (relative to the dataset folder); when
     ``unpack`` is ``"zip"`` the payload is an archive and ``member`` is the file to extract from it.
@@ -92,66 +94,6 @@ class Source:
     licence: str = ""
     homepage: str = ""
 
-
-# Exact URLs used by diffdrrdata 0.0.7 (diffdrrdata/utils.py, download_deepfluoro/download_ljubljana)
-# and by the DiffPose README; both payloads are zips holding the HDF5 file at the archive's top level.
-DEEPFLUORO_URL = (
-    "http://archive.data.jhu.edu/api/access/datafile/:persistentId/"
-    "?persistentId=doi:10.7281/T1/IFSXNV/EAN9GH"
-)
-LJUBLJANA_URL = (
-    "https://drive.usercontent.google.com/download?id=1x585pGLI8QGk21qZ2oGwwQ9LMJ09Tqrx&confirm=xxx"
-)
-
-# CTSpine1K as published on the Hugging Face Hub (linked from the MIRACLE-Center/CTSpine1K README):
-# raw_data/volumes/<subset>/<case>.nii.gz and raw_data/labels/<subset>/<case>_seg.nii.gz.
-CTSPINE1K_REPO = "alexanderdann/CTSpine1K"
-CTSPINE1K_REVISION = "main"  # pin a commit of the dataset repo here to freeze the files
-CTSPINE1K_URL_TEMPLATE = (
-    "https://huggingface.co/datasets/{repo}/resolve/{revision}/raw_data/{kind}/{subset}/{file}"
-)
-CTSPINE1K_SUBSETS = ("COLONOG", "HNSCC-3DCT-RT", "MSD-T10", "COVID-19")
-_CTSPINE1K_LICENCE = "CC BY-NC-SA (all CTSpine1K sub-datasets, per the CTSpine1K README)"
-_CTSPINE1K_HOMEPAGE = "https://github.com/MIRACLE-Center/CTSpine1K"
-# The official train/test split, pinned to the commit that last changed it (CRLF line endings).
-_CTSPINE1K_SPLIT_COMMIT = "2f14a0f99ea90e8727a73912a3e74f4fa7a40c45"
-
-SOURCES: dict[str, Source] = {
-    "deepfluoro": Source(
-        name="deepfluoro",
-        url=DEEPFLUORO_URL,
-        filename="ipcai_2020_full_res_data.zip",
-        size=None,  # about 2.5 GB; not published, recorded on first download
-        sha256=None,
-        unpack="zip",
-        member="ipcai_2020_full_res_data.h5",
-        licence="CC BY-NC 4.0 (rg2/DeepFluoroLabeling-IPCAI2020 README); DOI 10.7281/T1/IFSXNV",
-        homepage="https://github.com/rg2/DeepFluoroLabeling-IPCAI2020",
-    ),
-    "ljubljana": Source(
-        name="ljubljana",
-        url=LJUBLJANA_URL,
-        filename="ljubljana.zip",
-        size=None,  # about 1 GB; not published, recorded on first download
-        sha256=None,
-        unpack="zip",
-        member="ljubljana.h5",
-        licence="not stated by DiffPose/diffdrrdata; see the homepage for the terms of use",
-        homepage="https://lit.fe.uni-lj.si/en/research/resources/3D-2D-GS-CA/",
-    ),
-    "ctspine1k-split": Source(
-        name="ctspine1k-split",
-        url=(
-            "https://raw.githubusercontent.com/MIRACLE-Center/CTSpine1K/"
-            f"{_CTSPINE1K_SPLIT_COMMIT}/data_split.txt"
-        ),
-        filename="data_split.txt",
-        size=31504,
-        sha256="62754e079138ead39016be93c422044f4238727e62e3f97d06b722f7b5507683",
-        licence=_CTSPINE1K_LICENCE,
-        homepage=_CTSPINE1K_HOMEPAGE,
-    ),
-}
 
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM})
@@ -174,6 +116,11 @@ class _Fatal(Exception):
 
 def _sidecar(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
+
+
+def record_path(path: str | Path) -> str:
+    """The ``.sha256`` record that marks a raw file as downloaded or verified."""
+    return f"{path}{RECORD_SUFFIX}"
 
 
 def _part_path(dest: Path) -> Path:
@@ -217,7 +164,9 @@ def sha256_file(path: str | Path, *, chunk: int = 1 << 20, progress: bool = Fals
 
 def _record(path: Path, digest: str, size: int, **info: Any) -> None:
     """Write ``path.sha256`` (sha256sum format) and ``path.source.json`` (provenance)."""
-    write_text(f"{digest}  {path.name}\n", _sidecar(path, ".sha256"))
+    from regbench.io import write_json, write_text
+
+    write_text(f"{digest}  {path.name}\n", _sidecar(path, RECORD_SUFFIX))
     meta = {"filename": path.name, "size": size, "sha256": digest, "date": _now()}
     meta["tool"] = f"regbench {__version__}"
     meta.update({k: v for k, v in info.items() if v is not None})
@@ -226,7 +175,7 @@ def _record(path: Path, digest: str, size: int, **info: Any) -> None:
 
 def _recorded_digest(path: Path) -> str | None:
     """The digest in ``path.sha256``, or None when there is no record."""
-    record = _sidecar(path, ".sha256")
+    record = _sidecar(path, RECORD_SUFFIX)
     if not record.exists():
         return None
     fields = record.read_text().split()
@@ -380,7 +329,7 @@ def verify_existing(
     if recorded is not None and actual != recorded:
         raise ChecksumError(
             f"{dest} no longer matches its recorded SHA-256 (recorded {recorded}, now {actual}):"
-            f" it was modified or corrupted. Delete it and {_sidecar(dest, '.sha256').name}"
+            f" it was modified or corrupted. Delete it and {_sidecar(dest, RECORD_SUFFIX).name}"
             " to download it again.",
             url=url,
             expected=recorded,
@@ -610,7 +559,7 @@ def download(
 
 
 # --------------------------------------------------------------------------------------------
-# Archives and datasets
+# Archives
 # --------------------------------------------------------------------------------------------
 
 
@@ -640,6 +589,8 @@ def unpack_member(
     The zip's CRC is checked while reading, so a damaged archive raises :class:`ChecksumError`
     and leaves no ``dest`` behind. ``member`` may also match by base name when it is unique.
     """
+    from regbench.io import atomic_path
+
     archive = Path(archive)
     dest = Path(dest).expanduser().absolute()
     hasher = hashlib.sha256()
@@ -680,120 +631,43 @@ def unpack_member(
     return dest
 
 
-def _ctspine1k_case(case_id: str) -> tuple[str, str]:
-    """(subset, file stem) of a CTSpine1K case id as written in the official data_split.txt."""
-    case = case_id.strip()
-    case = case.removesuffix(".nii.gz")
-    if "/" in case:
-        subset, _, case = case.rpartition("/")
-        if subset not in CTSPINE1K_SUBSETS:
-            raise ValueError(f"unknown CTSpine1K subset {subset!r}; known: {CTSPINE1K_SUBSETS}")
-        return subset, case
-    if case.startswith(("1.3.6.1.4.1.9328.", "CTC-")):
-        return "COLONOG", case
-    if case.startswith("HN_P"):
-        return "HNSCC-3DCT-RT", case
-    if case.startswith("liver_"):
-        return "MSD-T10", case
-    if case.startswith("volume-covid19-"):
-        return "COVID-19", case
-    raise ValueError(
-        f"cannot tell the CTSpine1K subset of case {case_id!r}; use an id from data_split.txt"
-        f" or '<subset>/<case>' with subset in {CTSPINE1K_SUBSETS}"
-    )
-
-
-def ctspine1k_case_sources(
-    case_ids: Iterable[str], *, labels: bool = True, revision: str = CTSPINE1K_REVISION
-) -> list[Source]:
-    """Sources for a configured subset of CTSpine1K cases (CT volume and vertebra mask each).
-
-    Case ids are those of the official data_split.txt (``liver_0``, ``HN_P001``,
-    ``1.3.6.1.4.1.9328.50.4.0001``, ``volume-covid19-A-0003_ct``), with or without ``.nii.gz``.
-    Files land in ``volumes/<case>.nii.gz`` and ``labels/<case>_seg.nii.gz``. The COLONOG subset is
-    gated on the Hub: accept its terms there and set ``HF_TOKEN``.
-    """
-    sources: list[Source] = []
-    for case_id in case_ids:
-        subset, case = _ctspine1k_case(case_id)
-        kinds = [("volumes", f"{case}.nii.gz", "volume")]
-        if labels:
-            kinds.append(("labels", f"{case}_seg.nii.gz", "label"))
-        for kind, file, role in kinds:
-            url = CTSPINE1K_URL_TEMPLATE.format(
-                repo=CTSPINE1K_REPO,
-                revision=revision,
-                kind=kind,
-                subset=urllib.parse.quote(subset),
-                file=urllib.parse.quote(file),
-            )
-            sources.append(
-                Source(
-                    name=f"ctspine1k:{case}:{role}",
-                    url=url,
-                    filename=f"{kind}/{file}",
-                    licence=_CTSPINE1K_LICENCE,
-                    homepage=_CTSPINE1K_HOMEPAGE,
-                )
-            )
-    return sources
-
-
-def fetch_dataset(
-    name: str,
-    root: str | Path,
-    *,
-    case_ids: Iterable[str] | None = None,
-    keep_archive: bool = False,
-    **kw: Any,
-) -> Path:
-    """Download (and unpack) a dataset of :data:`SOURCES` into ``root``; return the usable path.
+def fetch(source: Source, root: str | Path, *, keep_archive: bool = False, **kw: Any) -> Path:
+    """Download ``source`` into ``root`` (unpacking its member); return the usable path.
 
     For zip payloads the returned path is the extracted member (e.g. ``root/ljubljana.h5``); the
-    archive is deleted afterwards unless ``keep_archive`` (an archive placed by hand is kept). A member already in place (downloaded
-    before, or put there by hand) is verified and returned without network access. For
-    ``"ctspine1k"`` pass ``case_ids``; the return value is ``root``. ``kw`` goes to
-    :func:`download`.
+    archive is deleted afterwards unless ``keep_archive`` (an archive placed by hand is kept). A
+    member already in place (downloaded before, or put there by hand) is verified and returned
+    without network access. ``kw`` goes to :func:`download`.
     """
     root = Path(root).expanduser().absolute()
-    key = name.lower()
-    if key == "ctspine1k":
-        if case_ids is None:
-            raise ValueError("fetch_dataset('ctspine1k') needs case_ids (ids from data_split.txt)")
-        for src in ctspine1k_case_sources(case_ids):
-            download(src, root / src.filename, **kw)
-        return root
-    if key not in SOURCES:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted([*SOURCES, 'ctspine1k'])}")
-    src = SOURCES[key]
-    if src.unpack is None:
-        return download(src, root / src.filename, **kw)
-    if src.unpack != "zip" or not src.member:
-        raise ValueError(f"{src.name}: cannot unpack {src.unpack!r} payloads")
+    if source.unpack is None:
+        return download(source, root / source.filename, **kw)
+    if source.unpack != "zip" or not source.member:
+        raise ValueError(f"{source.name}: cannot unpack {source.unpack!r} payloads")
 
-    target = root / PurePosixPath(src.member).name
+    target = root / PurePosixPath(source.member).name
     progress = bool(kw.get("progress", True))
     if target.exists():
-        return verify_existing(target, url=src.url, progress=progress)
-    archive = root / src.filename
+        return verify_existing(target, url=source.url, progress=progress)
+    archive = root / source.filename
     try:
-        download(src, archive, **kw)
+        download(source, archive, **kw)
     except ChecksumError:
         raise
     except DownloadError as exc:
         raise DownloadError(f"{exc}\nOr put the unpacked {target.name} at:\n    {target}") from exc
     unpack_member(
         archive,
-        src.member,
+        source.member,
         target,
         progress=progress,
         provenance={
-            "url": src.url,
+            "url": source.url,
             "archive_sha256": _recorded_digest(archive),
-            "licence": src.licence,
+            "licence": source.licence,
         },
     )
     if not keep_archive and _recorded_origin(archive) == "downloaded":  # never a user's copy
-        for path in (archive, _sidecar(archive, ".sha256"), _sidecar(archive, ".source.json")):
+        for path in (archive, _sidecar(archive, RECORD_SUFFIX), _sidecar(archive, ".source.json")):
             path.unlink(missing_ok=True)
     return target

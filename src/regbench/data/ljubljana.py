@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 
 from regbench.data.custom import downsample, translate
+from regbench.data.datasets.ljubljana import split_subject
 from regbench.data.deepfluoro import (
     h5_array,
     h5_get,
@@ -56,16 +57,6 @@ from regbench.geometry.poses import check_rigid
 
 VIEWS = ("ap", "lat")
 DSA_THRESHOLD = 1000.0
-
-
-def split_subject(subject: str) -> tuple[str, str]:
-    """``subject01-ap`` -> (``subject01``, ``ap``); ``subject01-lat-max`` -> (..., ``lat-max``)."""
-    patient, sep, view = subject.partition("-")
-    if not sep or not view:
-        raise InputError(
-            f"Ljubljana subject {subject!r}: expected '<patient>-<view>', e.g. 'subject01-ap'"
-        )
-    return patient, view
 
 
 def list_subjects(h5_path: str | Path, views: tuple[str, ...] = VIEWS) -> list[str]:

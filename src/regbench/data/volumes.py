@@ -113,3 +113,15 @@ def save_volume(data: np.ndarray, affine: np.ndarray, path: str | Path) -> None:
     img.set_sform(affine, code=1)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
+
+
+def to_ras(ct: np.ndarray, mask: np.ndarray | None, affine: np.ndarray):
+    """Reorder/flip voxel axes so they run along R, A, S (the world frame is unchanged)."""
+    from nibabel import orientations as ornt
+
+    current = ornt.io_orientation(affine)
+    change = ornt.ornt_transform(current, ornt.axcodes2ornt("RAS"))
+    new_affine = affine @ ornt.inv_ornt_aff(change, ct.shape)
+    new_ct = np.ascontiguousarray(ornt.apply_orientation(ct, change), dtype=np.float32)
+    new_mask = None if mask is None else np.ascontiguousarray(ornt.apply_orientation(mask, change))
+    return new_ct, new_mask, new_affine

@@ -89,7 +89,9 @@ def train_backbone(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = PoseRegressor(backbone, PosePrior.from_config(settings["prior"])).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=reg["lr"], weight_decay=reg["weight_decay"])
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=reg["lr"], weight_decay=reg["weight_decay"]
+    )
     targets = model.normalise(pool.rotation, pool.translation)
     n = len(pool.images)
     epoch_losses: list[float] = []
