@@ -19,13 +19,13 @@ import yaml
 from conftest import REPO
 
 from regbench import cli
-from regbench.data.custom import make_example_custom_folder
 from regbench.data.datasets import check_subject, download_file, prepare_ctspine1k, raw_files
+from regbench.data.subject import load_prepared
 from regbench.data.volumes import save_volume
 from regbench.data.xrays import read_xrays
 from regbench.errors import InputError
 from regbench.methods import IMPLEMENTED, needs_similarity
-from regbench.render import load_prepared
+from regbench.rendering.example_folder import make_example_custom_folder
 
 RULES = REPO / "workflow" / "rules"
 PAPER = REPO / "workflow" / "configs" / "paper.yaml"
