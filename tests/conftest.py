@@ -15,8 +15,9 @@ from snakemake.utils import validate
 from regbench.config import SCHEMA
 from regbench.data.embedded import embedded_files, prepare_embedded
 from regbench.data.prepare import geometry_from_config, resample_and_center
+from regbench.data.subject import Prepared, load_prepared
 from regbench.data.volumes import read_ct
-from regbench.render import Prepared, load_prepared, make_drr
+from regbench.rendering.diffdrr_adapter import make_drr
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,10 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from regbench.data.custom import make_example_custom_folder, prepare_custom
+from regbench.data.custom import prepare_custom
+from regbench.data.subject import Prepared
 from regbench.errors import InputError
 from regbench.geometry.poses import matrix_columns, perturb
-from regbench.render import Prepared, make_drr, render
+from regbench.rendering.example_folder import make_example_custom_folder
+from regbench.rendering.renderer import make_renderer
 
 SPACING = 6.0
 
@@ -64,15 +66,17 @@ def test_drr_at_the_parsed_pose_matches_the_xray(example, parsed, height):
     if height:
         assert xrays.images.shape[-2:] == (height, height)
         assert geometry["delx"] == pytest.approx(2 * 6.0)
-    drr = make_drr(Prepared(prepared.ct, prepared.affine, prepared.landmarks, geometry), 1.0)
+    renderer = make_renderer(
+        Prepared(prepared.ct, prepared.affine, prepared.landmarks, geometry), 1.0
+    )
     with torch.no_grad():
         for k in range(len(xrays)):
             pose, xray = xrays.poses[k : k + 1], xrays.images[k]
-            at_gt = ncc(render(drr, pose, 128), xray)
+            at_gt = ncc(renderer.render(pose, 128), xray)
             assert at_gt > 0.97
             for xi in ([0.0, 0.0, 0.0, 5.0, 0.0, 0.0], [0.05, 0.0, 0.0, 0.0, 0.0, 0.0]):
                 moved = perturb(pose, torch.tensor([xi], dtype=torch.float64))
-                assert at_gt > ncc(render(drr, moved, 128), xray) + 0.01
+                assert at_gt > ncc(renderer.render(moved, 128), xray) + 0.01
 
 
 def broken(example: Path, tmp_path: Path, edit: Callable[[Path], None]) -> Path:

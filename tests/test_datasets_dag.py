@@ -20,13 +20,13 @@ from conftest import REPO
 
 from regbench import cli
 from regbench.data import datasets
-from regbench.data.custom import make_example_custom_folder
 from regbench.data.datasets.ctspine1k import prepare_case
+from regbench.data.subject import load_prepared
 from regbench.data.volumes import save_volume
 from regbench.data.xrays import read_xrays
 from regbench.errors import InputError
 from regbench.methods import IMPLEMENTED, needs_similarity
-from regbench.render import load_prepared
+from regbench.rendering.example_folder import make_example_custom_folder
 
 RULES = REPO / "workflow" / "rules"
 PAPER = REPO / "workflow" / "configs" / "paper.yaml"

@@ -24,10 +24,12 @@ from diffdrr.pose import RigidTransform
 from torchio import ScalarImage
 
 from regbench.data.deepfluoro import INITIAL_ENERGY, list_subjects, prepare_deepfluoro
+from regbench.data.subject import Prepared, load_prepared
 from regbench.data.xrays import read_xrays
 from regbench.errors import InputError
 from regbench.geometry.poses import perturb
-from regbench.render import Prepared, load_prepared, make_drr, render
+from regbench.rendering.diffdrr_adapter import make_drr
+from regbench.rendering.renderer import Renderer
 
 LANDMARK_NAMES = [
     f"{n}-{s}" for n in ("FH", "GSN", "IOF", "MOF", "SPS", "IPS", "ASIS") for s in ("l", "r")
@@ -301,11 +303,11 @@ def test_drr_at_the_parsed_pose_matches_the_xray(parsed):
         for k in range(len(xrays)):
             pose = xrays.poses[k : k + 1]
             xray = xrays.images[k]
-            at_gt = ncc(render(drr, pose, 256), xray)
+            at_gt = ncc(Renderer(drr).render(pose, 256), xray)
             assert at_gt > 0.95
             for xi in PERTURBATIONS:
                 moved = perturb(pose, torch.tensor([xi], dtype=torch.float64))
-                assert at_gt > ncc(render(drr, moved, 256), xray) + 0.02
+                assert at_gt > ncc(Renderer(drr).render(moved, 256), xray) + 0.02
             # the blob landmarks land on the blobs
             uv = drr.perspective_projection(RigidTransform(pose.float()), pts[:, is_blob])[0]
             ij = np.floor(uv.numpy()[:, ::-1]).astype(int)
@@ -368,8 +370,8 @@ def test_pose_chain_equals_diffdrrdata(parsed):
             pose_theirs = offset @ physical @ np.linalg.inv(reorient_ap.double().numpy())
             pose_theirs = torch.from_numpy(pose_theirs)[None]
             with torch.no_grad():
-                a = render(drr_theirs, pose_theirs, 128)
-                b = render(drr, xrays.poses[k : k + 1], 128)
+                a = Renderer(drr_theirs).render(pose_theirs, 128)
+                b = Renderer(drr).render(xrays.poses[k : k + 1], 128)
             assert torch.allclose(a, b, atol=1e-4 * float(b.abs().max()))
 
 

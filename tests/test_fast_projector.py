@@ -17,10 +17,10 @@ from test_projector import (
     rel,
 )
 
-from regbench.fastproject import FastProjector, FastVolume
 from regbench.geometry.poses import se3_exp
-from regbench.projector import FeatureProjector
-from regbench.render import render
+from regbench.rendering.compiled_projector import FastProjector, FastVolume
+from regbench.rendering.renderer import Renderer
+from regbench.rendering.torch_projector import FeatureProjector
 
 # A third pose whose rays partly miss the volume: per-ray clipping must skip zeros only.
 MORE = torch.cat([POSES, poses((0.4, 0.3, -0.2, 70.0, 900.0, 30.0))])
@@ -152,7 +152,7 @@ def test_pose_derivatives_on_the_default_geometry(default_drr):
 def test_matches_diffdrr(tiny_drr, projectors):
     _, fast, _ = projectors
     for n_points in (16, 64):
-        expected = render(tiny_drr, POSES, n_points)
+        expected = Renderer(tiny_drr).render(POSES, n_points)
         image = fast(tiny_drr.density, POSES, n_points)
         assert image.shape == expected.shape == (2, 1, 16, 16)
         assert rel(image, expected) < 1e-3

@@ -33,10 +33,12 @@ from test_deepfluoro import (
 from torchio import ScalarImage
 
 from regbench.data.ljubljana import list_subjects, prepare_ljubljana
+from regbench.data.subject import Prepared, load_prepared
 from regbench.data.xrays import read_xrays
 from regbench.errors import InputError
 from regbench.geometry.poses import perturb
-from regbench.render import Prepared, load_prepared, make_drr, render
+from regbench.rendering.diffdrr_adapter import make_drr
+from regbench.rendering.renderer import Renderer
 
 SHAPE = (24, 24, 24)
 SPACING = 3.0
@@ -184,11 +186,11 @@ def test_drr_at_the_parsed_pose_matches_the_xray(parsed):
         prepared, xrays, _, drr = out[view]
         pose, xray = xrays.poses, xrays.images[0]
         with torch.no_grad():
-            at_gt = ncc(render(drr, pose, 256), xray)
+            at_gt = ncc(Renderer(drr).render(pose, 256), xray)
             assert at_gt > 0.9
             for xi in PERTURBATIONS:
                 moved = perturb(pose, torch.tensor([xi], dtype=torch.float64))
-                assert at_gt > ncc(render(drr, moved, 256), xray) + 0.02
+                assert at_gt > ncc(Renderer(drr).render(moved, 256), xray) + 0.02
         pts = torch.tensor(prepared.landmarks[["x", "y", "z"]].to_numpy(), dtype=torch.float32)
         uv = drr.perspective_projection(RigidTransform(pose.float()), pts[None, : len(BLOBS)])[0]
         ij = np.floor(uv.numpy()[:, ::-1]).astype(int)
@@ -238,8 +240,8 @@ def test_pose_chain_equals_diffdrrdata(parsed):
             )
             theirs = torch.from_numpy(offset @ physical @ np.linalg.inv(reorient.numpy()))[None]
             with torch.no_grad():
-                a = render(drr_theirs, theirs, 128)
-                b = render(drr, xrays.poses, 128)
+                a = Renderer(drr_theirs).render(theirs, 128)
+                b = Renderer(drr).render(xrays.poses, 128)
             assert torch.allclose(a, b, atol=1e-4 * float(b.abs().max()))
 
 

@@ -11,7 +11,7 @@ from regbench.geometry.poses import carm_params, carm_pose
 from regbench.methods import ALL_METHODS, IMPLEMENTED, build_method, check_method
 from regbench.methods.base import Context, Trace
 from regbench.methods.similarity import multiscale_ncc
-from regbench.render import make_drr, render
+from regbench.rendering.renderer import make_renderer
 
 SETTINGS = {
     "diffpose": {
@@ -36,21 +36,21 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def problem(prepared):
-    drr = make_drr(prepared, 1.0)
+    renderer = make_renderer(prepared, 1.0)
     gt = carm_pose(
         torch.tensor([[0.02, -0.03, 0.01]]).double(), torch.tensor([[2.0, 850, -3]]).double()
     )
     with torch.no_grad():
-        image = render(drr, gt, 64)
+        image = renderer.render(gt, 64)
     rot, trans = carm_params(gt)
     init = carm_pose(rot + math.radians(2.0), trans + torch.tensor([[4.0, 10.0, -4.0]]).double())
-    return drr, gt[0], image, init[0], prepared.points
+    return renderer, gt[0], image, init[0], prepared.points
 
 
 @pytest.mark.parametrize("name", ["diffpose", "bobyqa"])
 def test_refiners_reduce_mtre(problem, name):
-    drr, gt, image, init, points = problem
-    method = build_method(name, Context(drr, None, 64, SETTINGS))
+    renderer, gt, image, init, points = problem
+    method = build_method(name, Context(renderer, None, 64, SETTINGS))
     pose, iterations = method.refine(image, init, trace := Trace())
     before = evaluate.mtre(init.numpy(), gt.numpy(), points)[0]
     after = evaluate.mtre(pose.numpy(), gt.numpy(), points)[0]
@@ -81,17 +81,17 @@ def test_compiled_renderer_gives_diffdrrs_images_and_pose_gradients(prepared):
     rot = torch.tensor([[0.02, -0.03, 0.01]], requires_grad=True)
     trans = torch.tensor([[2.0, 850.0, -3.0]], requires_grad=True)
     images, grads = [], []
-    for renderer in ("trilinear", "compiled"):
-        drr = make_drr(prepared, 1.0, renderer)
-        assert hasattr(drr, "compiled") == (renderer == "compiled")
-        image = render(drr, carm_pose(rot, trans), 64)
+    for kind in ("trilinear", "compiled"):
+        renderer = make_renderer(prepared, 1.0, kind)
+        assert (renderer.compiled is not None) == (kind == "compiled")
+        image = renderer.render(carm_pose(rot, trans), 64)
         (g_rot, g_trans) = torch.autograd.grad((image**2).sum(), (rot, trans))
         images.append(image)
         grads.append(torch.cat([g_rot, g_trans], dim=-1))
     assert images[1].dtype == torch.float32 and images[1].shape == images[0].shape
     assert float((images[1] - images[0]).norm() / images[0].norm()) < 1e-4
-    # Both differentiate through the per-pose sampling range (see regbench.projector), so the
+    # Both differentiate through the per-pose sampling range (see regbench.rendering.torch_projector), so the
     # pose gradients agree to float32 rounding (6e-5; 5% before the range was included).
     assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 1e-3
     with pytest.raises(InputError, match="render.renderer"):
-        make_drr(prepared, 1.0, "raytrace")
+        make_renderer(prepared, 1.0, "raytrace")

@@ -7,11 +7,11 @@ import math
 import torch
 
 from regbench import evaluate
-from regbench.fastproject import FastProjector
 from regbench.geometry.poses import carm_pose, perturb_world
 from regbench.methods.ncc_lm import MultiscaleNCCResidual, register_lm_ncc
 from regbench.methods.similarity import multiscale_ncc
-from regbench.render import make_drr
+from regbench.rendering.compiled_projector import FastProjector
+from regbench.rendering.diffdrr_adapter import make_drr
 
 
 def images(seed: int, n: int = 1, size: int = 20) -> torch.Tensor:

@@ -7,8 +7,9 @@ import torch
 from diffdrr.pose import RigidTransform
 
 from regbench.geometry.poses import carm_pose, se3_exp
-from regbench.projector import FeatureProjector
-from regbench.render import make_drr, render
+from regbench.rendering.diffdrr_adapter import make_drr
+from regbench.rendering.renderer import Renderer
+from regbench.rendering.torch_projector import FeatureProjector
 
 N_POINTS = 24
 
@@ -95,7 +96,7 @@ def test_matches_diffdrr_trilinear_on_the_prepared_ct(prepared):
     assert (rays[0] - source.double()).abs().max() < 1e-3
     assert (rays[1] - targets.double()).abs().max() < 1e-3
     for n_points in (16, 64):
-        reference = render(drr, POSES, n_points)
+        reference = Renderer(drr).render(POSES, n_points)
         image = projector(drr.density, POSES, n_points)
         assert image.shape == reference.shape == (2, 1, 32, 32)
         assert rel(image, reference) < 1e-3

@@ -13,8 +13,9 @@ import pytest
 from configs import paper_config
 from real_layout import write_deepfluoro, write_ljubljana
 
+from regbench.check_data import check_subject
 from regbench.data import datasets
-from regbench.data.checks import check_subject, failures
+from regbench.data.checks import failures
 from regbench.geometry.priors import PosePrior, prior_zscores
 
 HEIGHT = 64
@@ -57,7 +58,7 @@ def ljubljana(tmp_path_factory, cfg):
 
 
 def load(prepared, xrays):
-    from regbench.render import Prepared
+    from regbench.data.subject import Prepared
 
     return Prepared(prepared.ct, prepared.affine, prepared.landmarks, xrays.geometry)
 

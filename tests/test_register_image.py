@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from regbench.cli import main
-from regbench.data.custom import make_example_custom_folder
 from regbench.data.dicom import read_dicom_series
 from regbench.errors import InputError
 from regbench.geometry.poses import matrix_columns
 from regbench.register_image import load_xray
+from regbench.rendering.example_folder import make_example_custom_folder
 
 GEOMETRY_TAGS = {
     "DistanceSourceToDetector": 1020.0,

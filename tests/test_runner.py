@@ -49,7 +49,7 @@ def test_nan_and_raising_refiners_give_failed_rows_counted_as_failures(prepared,
     init = truth.clone()
     init[0, 3] += 3.0
     on_cpu = SimpleNamespace(device=torch.device("cpu"))  # no rendering needed
-    context = Context(drr=on_cpu, regressor=FixedRegressor(init), n_points=8, settings={})
+    context = Context(renderer=on_cpu, regressor=FixedRegressor(init), n_points=8, settings={})
     method = Diverging(context, truth, ["ok", "nan", "raise"])
     monkeypatch.setattr(runner, "build_method", lambda name, ctx: method)
     xrays = XraySet(

@@ -15,7 +15,8 @@ from regbench.geometry.poses import carm_params, carm_pose, perturb
 from regbench.methods.similarity import multiscale_ncc
 from regbench.models.residual import LatentResidual
 from regbench.models.similarity import SimilarityGeometry
-from regbench.render import make_drr, render
+from regbench.rendering.diffdrr_adapter import make_drr
+from regbench.rendering.renderer import make_renderer
 from regbench.train.similarity import build_similarity_model, sample_starts, unrolled_lm_loss
 from regbench.train.xray_domain import TrainingXrays, density_parts
 
@@ -58,7 +59,7 @@ def test_training_xrays_render_the_test_contrast(prepared, settings):
     xrays = TrainingXrays(prepared, settings)
     pose = _pose((2.0, -1.0, 0.5), (3.0, 860.0, -2.0))
     ours = xrays.clean(pose, torch.tensor([1.6]))
-    ref = render(make_drr(prepared, 1.6, "compiled"), pose, settings["render"]["n_points"])
+    ref = make_renderer(prepared, 1.6, "compiled").render(pose, settings["render"]["n_points"])
     assert torch.allclose(ours / ours.max(), ref / ref.max(), atol=1e-5)
     images = xrays.sample(pose.repeat(3, 1, 1), torch.Generator().manual_seed(0))
     assert images.shape == (3, 1, 32, 32) and torch.isfinite(images).all()
@@ -164,7 +165,7 @@ def test_a_diverging_first_order_optimiser_ends_its_trajectory_instead_of_raisin
     s["optimizer_study"] = {"lr_rotation": 1e9, "lr_translation": 1e12}
     torch.manual_seed(0)
     model = build_similarity_model("ours-so4", s["similarity"])
-    context = Context(make_drr(prepared, 1.0), None, 48, s, 0, model, setup)
+    context = Context(make_renderer(prepared, 1.0), None, 48, s, 0, model, setup)
     method = build_method("ours-so4", context)
     gt = _pose((1.0, -2.0, 0.5), (2.0, 850.0, 1.0))
     with torch.no_grad():

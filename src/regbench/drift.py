@@ -17,7 +17,7 @@ import numpy as np
 
 from regbench import evaluate
 from regbench.methods.base import Trace
-from regbench.projector import FeatureProjector
+from regbench.rendering.torch_projector import FeatureProjector
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def drift_from_truth(subject_dir: Path, n_xrays: int) -> list[dict]:
             name,
         )
         method = build_method(name, context)
-        axis = depth_axis(context.drr)
+        axis = depth_axis(context.renderer.drr)
         for i in range(min(n_xrays, len(xrays))):
             gt = xrays.poses[i].double()
             pose, _ = method.refine(xrays.images[i : i + 1], gt.clone(), Trace())

@@ -178,7 +178,7 @@ def read_gt_pose(path: str | Path) -> np.ndarray:
 def _same_prepared(folder: Path, prepared, geometry: dict):
     """The results folder's prepared subject; refuse one prepared from another CT, spacing or
     detector."""
-    from regbench.render import load_prepared
+    from regbench.data.subject import load_prepared
 
     old = load_prepared(folder)
     same_ct = old.ct.shape == prepared.ct.shape and np.allclose(old.affine, prepared.affine)
@@ -247,10 +247,12 @@ def register_image(
     from regbench.config import load_config
     from regbench.data.landmarks import read_landmarks
     from regbench.data.prepare import resample_and_center
+    from regbench.data.subject import load_prepared
     from regbench.data.volumes import read_mask
+    from regbench.device import resolve_device
     from regbench.methods import build_method, check_method, needs_similarity
     from regbench.methods.base import Context
-    from regbench.render import load_prepared, make_drr, resolve_device
+    from regbench.rendering.renderer import make_renderer
     from regbench.seeding import derive_seed, seed_everything
 
     check_method(method)
@@ -300,7 +302,7 @@ def register_image(
     if init == "regressor" or needs_similarity(method):
         regressor = _regressor(subject, settings, settings_path, results / "models", device)
     context = Context(
-        make_drr(
+        make_renderer(
             subject, settings["render"]["bone_attenuation"], settings["render"]["renderer"], device
         ),
         regressor,
@@ -363,7 +365,6 @@ def _write_outputs(
     from regbench import evaluate, figures
     from regbench.geometry.poses import carm_params
     from regbench.io import all_or_nothing, write_json
-    from regbench.render import render
 
     to_world = translate(shift_mm)
     est = result.pose.reshape(4, 4).to(torch.float64)
@@ -398,7 +399,7 @@ def _write_outputs(
     elif gt_pose is not None:
         log.warning("--gt-pose without --landmarks: no mTRE (the CT has no landmarks given)")
     with torch.no_grad():  # the registration's own renderer
-        drr_est = render(context.drr, est[None], context.n_points)[0, 0].cpu().numpy()
+        drr_est = context.renderer.render(est[None], context.n_points)[0, 0].cpu().numpy()
     out.mkdir(parents=True, exist_ok=True)
     with all_or_nothing(files):
         figures.overlay_figure(stack[0, 0].numpy(), drr_est, summary, out / "overlay")

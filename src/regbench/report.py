@@ -9,10 +9,11 @@ import pandas as pd
 import torch
 
 from regbench import figures, tables
+from regbench.data.subject import load_prepared
 from regbench.data.xrays import read_xrays
 from regbench.geometry.poses import matrix_columns
 from regbench.methods import ALL_METHODS
-from regbench.render import load_prepared, make_drr, render
+from regbench.rendering.renderer import make_renderer
 
 
 def _summary_kwargs(settings: dict) -> dict:
@@ -69,7 +70,7 @@ def qualitative_examples(run_paths: list[Path], runs: pd.DataFrame, settings: di
     for subject_dir in subject_dirs:
         prepared = load_prepared(subject_dir / "prepared")
         xrays = read_xrays(subject_dir / "xrays", prepared.geometry)
-        drr = make_drr(
+        renderer = make_renderer(
             prepared, settings["render"]["bone_attenuation"], settings["render"]["renderer"]
         )
         dataset, subject = subject_dir.parent.name, subject_dir.name
@@ -87,12 +88,12 @@ def qualitative_examples(run_paths: list[Path], runs: pd.DataFrame, settings: di
                 if not torch.isfinite(est).all():
                     continue
                 with torch.no_grad():
-                    drr_est = render(drr, est, n_points)[0, 0].numpy()
+                    drr_est = renderer.render(est, n_points)[0, 0].numpy()
                 estimates.append(
                     {"method": method, "drr_est": drr_est, "mtre_mm": float(row["mtre_mm"].iloc[0])}
                 )
             with torch.no_grad():
-                drr_gt = render(drr, xrays.poses[i : i + 1], n_points)[0, 0].numpy()
+                drr_gt = renderer.render(xrays.poses[i : i + 1], n_points)[0, 0].numpy()
             examples.append(
                 {
                     "xray_id": f"{subject}/{xray_id}",

@@ -10,11 +10,11 @@ import torch
 from tqdm import tqdm
 
 from regbench import evaluate
+from regbench.data.subject import Prepared
 from regbench.data.xrays import XraySet
 from regbench.geometry.poses import matrix_columns
 from regbench.methods import build_method
 from regbench.methods.base import Context, Result, Trace
-from regbench.render import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def optimizer_study(
     rows = []
     for i in tqdm(range(min(n_xrays, len(xrays))), desc="optimizers", mininterval=5):
         image, gt = xrays.images[i : i + 1], xrays.poses[i].numpy()
-        init = context.regressor.predict(image.to(context.drr.device))[0].cpu().double()
+        init = context.regressor.predict(image.to(context.renderer.device))[0].cpu().double()
         for name in OPTIMIZERS:
             trace = Trace()
             trace.record(0, init)

@@ -26,8 +26,8 @@ def training_curve(subject_dir: Path, variant: str, steps: list[int], n_xrays: i
     import torch
 
     from regbench.cli import registration_context
+    from regbench.data.subject import load_prepared
     from regbench.methods import build_method
-    from regbench.render import load_prepared
     from regbench.seeding import derive_seed
     from regbench.train.checkpoint import save_checkpoint
     from regbench.train.regressor import load_regressor

@@ -6,16 +6,16 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from diffdrr.drr import DRR
 
 from regbench.models.regressor import PoseRegressor
+from regbench.rendering.renderer import Renderer
 
 
 @dataclass
 class Context:
     """Everything a method may use for one subject (never the ground truth)."""
 
-    drr: DRR
+    renderer: Renderer
     regressor: PoseRegressor | None  # None only when every start is given
     n_points: int
     settings: dict
@@ -62,7 +62,7 @@ class Method:
         its DICOM header gives)."""
         trace = Trace()
         if init is None:
-            init = self.context.regressor.predict(image.to(self.context.drr.device))[0].cpu()
+            init = self.context.regressor.predict(image.to(self.context.renderer.device))[0].cpu()
         else:  # the regressor's dtype and layout
             init = init.reshape(4, 4).to(torch.float32)
         trace.record(0, init)

@@ -16,7 +16,6 @@ import torch
 from regbench.geometry.poses import carm_params, carm_pose
 from regbench.methods.base import Method, Trace
 from regbench.methods.similarity import multiscale_ncc
-from regbench.render import render
 
 
 class Bobyqa(Method):
@@ -26,7 +25,7 @@ class Bobyqa(Method):
         self, image: torch.Tensor, init: torch.Tensor, trace: Trace
     ) -> tuple[torch.Tensor, int]:
         cfg = self.context.settings["bobyqa"]
-        drr, device = self.context.drr, self.context.drr.device
+        renderer, device = self.context.renderer, self.context.renderer.device
         target = image.to(device)
         ncc = multiscale_ncc(cfg["patch_size"], self.context.border_px)
         rot0, trans0 = (p[0].double().cpu() for p in carm_params(init[None].double()))
@@ -47,7 +46,7 @@ class Bobyqa(Method):
             evaluations += 1
             pose = pose_of(x)
             with torch.no_grad():
-                value = -float(ncc(render(drr, pose, self.context.n_points), target).mean())
+                value = -float(ncc(renderer.render(pose, self.context.n_points), target).mean())
             if not math.isfinite(value):
                 value = 1.0  # worst possible -NCC: steer away from degenerate poses
             if value < best["value"]:

@@ -16,7 +16,6 @@ import torch
 from regbench.geometry.poses import carm_params, carm_pose
 from regbench.methods.base import Method, Trace
 from regbench.methods.similarity import multiscale_ncc
-from regbench.render import render
 
 
 class DiffPose(Method):
@@ -26,7 +25,7 @@ class DiffPose(Method):
         self, image: torch.Tensor, init: torch.Tensor, trace: Trace
     ) -> tuple[torch.Tensor, int]:
         cfg = self.context.settings["diffpose"]
-        drr, device = self.context.drr, self.context.drr.device
+        renderer, device = self.context.renderer, self.context.renderer.device
         target = image.to(device)
         ncc = multiscale_ncc(cfg["patch_size"], self.context.border_px)
         rot0, trans0 = carm_params(init[None].to(device=device, dtype=torch.float32))
@@ -43,7 +42,7 @@ class DiffPose(Method):
         stale, decays, iteration = 0, 0, 0
         for iteration in range(1, cfg["max_iterations"] + 1):
             pose = carm_pose(rotation, translation)
-            score = ncc(render(drr, pose, self.context.n_points), target).mean()
+            score = ncc(renderer.render(pose, self.context.n_points), target).mean()
             optimizer.zero_grad()
             score.backward()
             if score.item() > best_score + cfg["tol"]:

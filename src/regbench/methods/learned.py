@@ -20,7 +20,6 @@ from regbench.models.residual import LatentResidual
 from regbench.models.similarity import resize_images
 from regbench.models.variants import VARIANTS
 from regbench.optim.lm import levenberg_marquardt, pose_residual
-from regbench.render import render
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +122,9 @@ class LearnedSimilarity(Method):
         self, pose: torch.Tensor, image: torch.Tensor, trace: Trace, done: int
     ) -> tuple[torch.Tensor, int]:
         cfg = self.context.settings["prost"]
-        drr = self.context.drr
+        renderer = self.context.renderer
         metric = BorderedSimilarity(GradientNormalizedCrossCorrelation2d(), self.context.border_px)
-        target = image.to(drr.device)
+        target = image.to(renderer.device)
         rot0, trans0 = carm_params(pose[None].float())
         rotation = rot0.clone().requires_grad_(True)
         translation = trans0.clone().requires_grad_(True)
@@ -139,7 +138,7 @@ class LearnedSimilarity(Method):
         best, best_pose = -float("inf"), pose
         for iteration in range(1, cfg["polish_iterations"] + 1):
             current = carm_pose(rotation, translation)
-            score = metric(render(drr, current, self.context.n_points), target).mean()
+            score = metric(renderer.render(current, self.context.n_points), target).mean()
             optimizer.zero_grad()
             score.backward()
             if score.item() > best:

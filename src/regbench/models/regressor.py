@@ -13,7 +13,7 @@ import torch
 
 from regbench.geometry.poses import carm_pose
 from regbench.geometry.priors import PosePrior
-from regbench.render import standardize
+from regbench.models.inputs import standardize
 
 
 class PoseRegressor(torch.nn.Module):

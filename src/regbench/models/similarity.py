@@ -2,9 +2,10 @@
 
 X-ray and DRR features are embedded by two small CNN-Transformer encoders (timm) and compared in
 a latent geometry (spherical geodesic, Euclidean or Poincare ball). The DRR branch renders the
-C-channel feature volume along the detector rays with :class:`regbench.projector.FeatureProjector`
-(differentiable twice, as gradient-matching training requires) or, when the features are fixed
-(registration), with the compiled :class:`regbench.fastproject.FastProjector`.
+C-channel feature volume along the detector rays with
+:class:`regbench.rendering.torch_projector.FeatureProjector` (differentiable twice, as
+gradient-matching training requires) or, when the features are fixed (registration), with the
+compiled :class:`regbench.rendering.compiled_projector.FastProjector`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from regbench.models.inputs import standardize
 from regbench.models.latent import make_latent
 from regbench.models.variants import Variant
 from regbench.models.volume import build_volume_net
 from regbench.models.zscores import multiscale_scores
-from regbench.projector import FeatureProjector
-from regbench.render import standardize
+from regbench.rendering.torch_projector import FeatureProjector
 
 
 class SimilarityModel(torch.nn.Module):
@@ -168,7 +169,8 @@ class SimilarityGeometry:
     """
 
     def __init__(self, prepared, settings: dict, device: torch.device | str = "cpu"):
-        from regbench.render import Prepared, make_drr
+        from regbench.data.subject import Prepared
+        from regbench.rendering.diffdrr_adapter import make_drr
 
         cfg = settings["similarity"]
         render_cfg = settings["render"]
@@ -182,7 +184,7 @@ class SimilarityGeometry:
         coarse_drr = make_drr(coarse, render_cfg["bone_attenuation"], "trilinear", device)
         self.projector = FeatureProjector.from_drr(coarse_drr).to(device)
         if coarse_drr.density.device.type == "cpu":
-            from regbench.fastproject import FastProjector
+            from regbench.rendering.compiled_projector import FastProjector
 
             self.fast_projector = FastProjector.from_drr(coarse_drr)
             self.drr_projector = FastProjector.from_drr(fine_drr)

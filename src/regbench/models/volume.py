@@ -4,7 +4,7 @@ Every network here maps a density volume to ``channels`` non-negative channels o
 grid: channel 0 is the input density itself (so a projection always contains the plain DRR),
 channels 1.. are learned features passed through softplus (line integrals of non-negative
 features stay DRR-like: positive, growing with the amount of matter crossed). The result is
-meant for :class:`regbench.projector.FeatureProjector`.
+meant for :class:`regbench.rendering.torch_projector.FeatureProjector`.
 
 Shapes: a volume is ``(X,Y,Z)`` (returns ``(channels,X,Y,Z)``) or ``(B,1,X,Y,Z)`` (returns
 ``(B,channels,X,Y,Z)``), indexed like ``drr.density``. Kernel sizes are in voxels: the

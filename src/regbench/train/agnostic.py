@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
+from regbench.data.subject import Prepared, load_prepared, read_geometry
 from regbench.errors import InputError
 from regbench.io import write_json
 from regbench.models.regressor import PoseRegressor
 from regbench.models.similarity import SimilarityGeometry, SimilarityModel
-from regbench.render import Prepared, load_prepared, read_geometry
 from regbench.train.regressor import regressor_settings, run_regressor_training
 from regbench.train.similarity import run_similarity_training, similarity_settings
 from regbench.train.xray_domain import TrainingXrays

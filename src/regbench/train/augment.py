@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from regbench.data.simulate import degrade
+from regbench.rendering.simulator import degrade
 
 
 def _uniform(generator: torch.Generator, lo: float, hi: float) -> float:

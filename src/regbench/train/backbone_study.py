@@ -28,8 +28,8 @@ from regbench.models.regressor import PoseRegressor
 from regbench.train.xray_domain import TrainingXrays
 
 if TYPE_CHECKING:
+    from regbench.data.subject import Prepared
     from regbench.data.xrays import XraySet
-    from regbench.render import Prepared
 
 log = logging.getLogger(__name__)
 RENDER_CHUNK = 32  # DRRs rendered per call while building the pool

@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from regbench.data.subject import Prepared
 from regbench.errors import InputError
 from regbench.geometry.poses import carm_pose
 from regbench.geometry.priors import PosePrior
 from regbench.models.regressor import PoseRegressor
-from regbench.render import Prepared
 from regbench.train.checkpoint import TrainingState, load_checkpoint
 from regbench.train.xray_domain import TrainingXrays
 

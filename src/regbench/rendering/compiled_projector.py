@@ -1,20 +1,20 @@
 """A fused CPU ray marcher (numba) with the geometry and quadrature of :class:`FeatureProjector`.
 
-:class:`FastProjector` renders exactly what :class:`~regbench.projector.FeatureProjector`
-renders (same rays, same per-pose alpha range and ``n_points`` samples, same rectangle rule,
-same trilinear blending towards zero over the outermost half voxel, same one-sided gradients
-at voxel planes); only the per-ray sums are computed by a compiled kernel, parallel over rays,
-instead of by gathers of torch tensors. What makes it fast on a CPU: one pass over the
-samples with the eight corners read straight from a channel-last padded volume (no
-intermediate tensors); the volume laid out with the axis the rays run along most as the
-contiguous one (consecutive samples share cache lines); unsigned indices (no wrap-around
-checks); and per-ray clipping: each ray only visits the samples whose interpolation weights
-can be non-zero (the alpha range is shared by all rays of a pose, so rays through a corner of
-the volume skip most samples). Pose derivatives are :class:`FeatureProjector`'s too, the
-per-pose alpha range's dependence on the pose included (a range passed in as ``alpha_range``
-is a constant): moving the range's ends slides the samples along the rays, and that term
-comes from the per-ray sums the kernel forms anyway (values, gradients, alpha-weighted
-gradients), so it costs no extra pass over the samples.
+:class:`FastProjector` renders exactly what
+:class:`~regbench.rendering.torch_projector.FeatureProjector` renders (same rays, same per-pose
+alpha range and ``n_points`` samples, same rectangle rule, same trilinear blending towards zero
+over the outermost half voxel, same one-sided gradients at voxel planes); only the per-ray sums
+are computed by a compiled kernel, parallel over rays, instead of by gathers of torch tensors.
+What makes it fast on a CPU: one pass over the samples with the eight corners read straight from a
+channel-last padded volume (no intermediate tensors); the volume laid out with the axis the rays
+run along most as the contiguous one (consecutive samples share cache lines); unsigned indices (no
+wrap-around checks); and per-ray clipping: each ray only visits the samples whose interpolation
+weights can be non-zero (the alpha range is shared by all rays of a pose, so rays through a corner
+of the volume skip most samples). Pose derivatives are :class:`FeatureProjector`'s too, the
+per-pose alpha range's dependence on the pose included (a range passed in as ``alpha_range`` is a
+constant): moving the range's ends slides the samples along the rays, and that term comes from the
+per-ray sums the kernel forms anyway (values, gradients, alpha-weighted gradients), so it costs no
+extra pass over the samples.
 
 What differs from :class:`FeatureProjector`:
 
@@ -44,7 +44,7 @@ import torch
 from numba import njit, prange
 from torch.autograd.function import once_differentiable
 
-from regbench.projector import (
+from regbench.rendering.torch_projector import (
     _PAD,
     FeatureProjector,
     VolumeTable,
@@ -186,7 +186,7 @@ class _RaySums(torch.autograd.Function):
     src (N,1,3) and tgt (N,R,3) and the alpha range lo, hi (N,1): a sample at
     ``src + alpha (tgt - src)`` moves by ``(1 - alpha) d_src + alpha d_tgt``, so the sums'
     gradients are ``g0 - g1`` and ``g1``; moving lo or hi slides the samples along the ray
-    (:func:`~regbench.projector.range_derivatives`, from the same sums)."""
+    (:func:`~regbench.rendering.torch_projector.range_derivatives`, from the same sums)."""
 
     @staticmethod
     def forward(ctx, src, tgt, lo, hi, n_points, volume):
