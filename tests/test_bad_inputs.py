@@ -50,8 +50,9 @@ PARSE_SETTINGS = json.dumps(
     {
         "seed": 0,
         "threads": 1,
-        "geometry": {"height": PX},
-        "datasets": {"custom": {"spacing_mm": SPACING, "log_transform": False, "border_px": 0}},
+        "datasets": {
+            "custom": {"spacing_mm": SPACING, "log_transform": False, "border_px": 0, "height": PX}
+        },
     }
 )
 REGISTER_SETTINGS = json.dumps({"seed": 0, "threads": 1, "device": "cpu"})

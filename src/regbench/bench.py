@@ -30,7 +30,9 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,6 +60,59 @@ COLUMNS = ["section", "name", "size", "metric", "value", "unit", "device"]
 REFERENCE = "diffdrr trilinear"
 
 
+@dataclass(frozen=True)
+class BenchSettings:
+    """One bench run: the problem sizes of the command line and, from the validated config,
+    the detector, pose prior, rendering and convergence settings of the workflow, so the bench
+    measures the problems the workflow solves instead of a copy of their defaults."""
+
+    out_dir: Path
+    sections: tuple[str, ...]
+    # render and jacobian: one fixed CT spacing and samples per ray across the sizes
+    sizes: tuple[int, ...]
+    spacing_mm: float
+    n_points: int
+    repeats: int
+    jacobian_size: int
+    # convergence: the embedded subject as the workflow registers it
+    convergence_spacing_mm: float
+    convergence_n_points: int
+    convergence_size: int
+    n_xrays: int
+    lm_iterations: int
+    seed: int
+    diffpose: dict
+    # every section's CT and detector
+    detector: dict
+    prior: dict
+    min_label_voxels: int
+    bone_attenuation: float
+    # minimum, training and dag: a finished run
+    benchmarks: Path | None = None
+    runs: Path | None = None
+    minimum_xrays: int = 10
+    training_steps: tuple[int, ...] = (0, 30, 60, 120)
+    training_variant: str = "ours-so4"
+
+    @classmethod
+    def from_config(cls, cfg: dict, **options: Any) -> BenchSettings:
+        """``cfg``: a config validated against the schema (so every key is filled);
+        ``options``: the command line's fields."""
+        embedded = cfg["datasets"]["embedded"]
+        return cls(
+            convergence_spacing_mm=embedded["spacing_mm"],
+            convergence_n_points=cfg["render"]["n_points"],
+            convergence_size=int(cfg["geometry"]["height"]),
+            seed=cfg["seed"],
+            diffpose=cfg["diffpose"],
+            detector=cfg["geometry"],
+            prior=cfg["prior"],
+            min_label_voxels=embedded["min_label_voxels"],
+            bone_attenuation=cfg["render"]["bone_attenuation"],
+            **options,
+        )
+
+
 def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
     """Median wall time of ``fn`` after one warm-up call (compilation, caches)."""
     fn()
@@ -73,21 +128,11 @@ def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device
     return statistics.median(times)
 
 
-def bench_subject(spacing_mm: float, size: int, detector_mm: float, sdd: float) -> Prepared:
-    """The bundled chest CT at ``spacing_mm`` with a ``size`` x ``size`` detector."""
-    subject = prepare_embedded(spacing_mm=spacing_mm, min_label_voxels=50)
-    geometry = geometry_from_config(
-        {
-            "sdd": sdd,
-            "height": size,
-            "width": size,
-            "detector_mm": detector_mm,
-            "x0": 0.0,
-            "y0": 0.0,
-            "reverse_x_axis": True,
-            "orientation": "AP",
-        }
-    )
+def bench_subject(spacing_mm: float, size: int, detector: dict, min_label_voxels: int) -> Prepared:
+    """The bundled chest CT at ``spacing_mm`` with the config's ``detector`` at ``size`` x
+    ``size`` pixels."""
+    subject = prepare_embedded(spacing_mm=spacing_mm, min_label_voxels=min_label_voxels)
+    geometry = geometry_from_config({**detector, "height": size, "width": size})
     return Prepared(subject.ct, subject.affine, subject.landmarks, geometry)
 
 
@@ -98,12 +143,17 @@ def _view() -> torch.Tensor:
 
 
 def render_rows(
-    prepared: Prepared, n_points: int, repeats: int, device: torch.device, dtype: torch.dtype
+    prepared: Prepared,
+    n_points: int,
+    repeats: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    bone_attenuation: float,
 ) -> list[dict]:
     """Section ``render`` at the prepared subject's detector size."""
     size = int(prepared.geometry["height"])
-    trilinear = make_renderer(prepared, 1.0, "trilinear", device)
-    siddon = make_renderer(prepared, 1.0, "siddon", device)
+    trilinear = make_renderer(prepared, bone_attenuation, "trilinear", device)
+    siddon = make_renderer(prepared, bone_attenuation, "siddon", device)
     drr = trilinear.drr
     pose = _view().to(device)
     rot0, trans0 = carm_params(pose.float())
@@ -176,11 +226,11 @@ def render_rows(
 
 
 def jacobian_rows(
-    prepared: Prepared, n_points: int, repeats: int, device: torch.device
+    prepared: Prepared, n_points: int, repeats: int, device: torch.device, bone_attenuation: float
 ) -> list[dict]:
     """Section ``jacobian``: seconds for one (H*W, 6) pose Jacobian."""
     size = int(prepared.geometry["height"])
-    trilinear = make_renderer(prepared, 1.0, "trilinear", device)
+    trilinear = make_renderer(prepared, bone_attenuation, "trilinear", device)
     drr = trilinear.drr
     pose = _view().to(device)
     torch_proj = FeatureProjector.from_drr(drr).to(device)
@@ -247,15 +297,16 @@ def convergence_rows(
     diffpose_settings: dict,
     lm_iterations: int,
     device: torch.device,
+    prior: PosePrior,
+    bone_attenuation: float,
 ) -> tuple[list[dict], pd.DataFrame]:
     """Section ``convergence``; also returns every trajectory (for the figure-minded)."""
-    trilinear = make_renderer(prepared, 1.0, "trilinear", device)
+    trilinear = make_renderer(prepared, bone_attenuation, "trilinear", device)
     drr = trilinear.drr
     compiled = device.type == "cpu"  # the compiled projector is CPU-only
     projector = (FastProjector if compiled else FeatureProjector).from_drr(drr).to(device)
     table = projector.prepare(drr.density)
     generator = torch.Generator().manual_seed(seed)
-    prior = PosePrior((0.0, 0.0, 0.0), (4.0, 4.0, 4.0), (0.0, 850.0, 0.0), (8.0, 20.0, 8.0))
     truths = prior.sample(n_xrays, generator)
     points = prepared.points
     length = float(np.linalg.norm(points - points.mean(0), axis=1).mean())
@@ -274,7 +325,7 @@ def convergence_rows(
 
     def adam(renderer: str) -> Callable[[torch.Tensor, torch.Tensor, Trace], object]:
         context = Context(
-            make_renderer(prepared, 1.0, renderer, device),
+            make_renderer(prepared, bone_attenuation, renderer, device),
             None,
             n_points,
             {"diffpose": diffpose_settings},
@@ -529,72 +580,59 @@ def summary_markdown(rows: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-def run_bench(
-    out_dir: Path,
-    sizes: list[int],
-    n_points: int,
-    spacing_mm: float,
-    convergence_spacing_mm: float,
-    convergence_n_points: int,
-    repeats: int,
-    jacobian_size: int,
-    convergence_size: int,
-    n_xrays: int,
-    seed: int,
-    diffpose_settings: dict,
-    lm_iterations: int,
-    benchmarks: Path | None,
-    device: torch.device,
-    sections: list[str],
-    runs: Path | None = None,
-    minimum_xrays: int = 10,
-    training_steps: tuple[int, ...] = (0, 30, 60, 120),
-    training_variant: str = "ours-so4",
-) -> pd.DataFrame:
+def run_bench(settings: BenchSettings, device: torch.device) -> pd.DataFrame:
     """Run the chosen sections; write ``bench.csv``, ``bench.md`` (and the convergence
     trajectories) under ``out_dir``. Rows of other sections already in ``bench.csv`` are kept,
     so one section can be remeasured alone."""
-    torch.manual_seed(seed)
+    b = settings
+    out_dir, sections = b.out_dir, b.sections
+    torch.manual_seed(b.seed)
     subjects: dict[tuple[float, int], Prepared] = {}
 
-    def at(size: int, spacing: float = spacing_mm) -> Prepared:
+    def at(size: int, spacing: float = b.spacing_mm) -> Prepared:
         if (spacing, size) not in subjects:
-            subjects[spacing, size] = bench_subject(spacing, size, 400.0, 1020.0)
+            subjects[spacing, size] = bench_subject(spacing, size, b.detector, b.min_label_voxels)
         return subjects[spacing, size]
 
     rows: list[dict] = []
     if "render" in sections:
-        for size in sizes:
-            rows += render_rows(at(size), n_points, repeats, device, torch.float32)
+        for size in b.sizes:
+            rows += render_rows(
+                at(size), b.n_points, b.repeats, device, torch.float32, b.bone_attenuation
+            )
     if "jacobian" in sections:
-        rows += jacobian_rows(at(jacobian_size), n_points, repeats, device)
+        rows += jacobian_rows(
+            at(b.jacobian_size), b.n_points, b.repeats, device, b.bone_attenuation
+        )
     if "convergence" in sections:
         conv, traj = convergence_rows(
-            at(convergence_size, convergence_spacing_mm),
-            convergence_n_points,
-            n_xrays,
-            seed,
-            diffpose_settings,
-            lm_iterations,
+            at(b.convergence_size, b.convergence_spacing_mm),
+            b.convergence_n_points,
+            b.n_xrays,
+            b.seed,
+            b.diffpose,
+            b.lm_iterations,
             device,
+            PosePrior.from_config(b.prior),
+            b.bone_attenuation,
         )
         rows += conv
         write_csv(traj, out_dir / "convergence.trajectory.csv")
-    if "minimum" in sections and runs is not None:
+    if "minimum" in sections and b.runs is not None:
         from regbench.drift import drift_from_truth, drift_summary
 
-        drift = drift_from_truth(runs, minimum_xrays)
+        drift = drift_from_truth(b.runs, b.minimum_xrays)
         write_csv(pd.DataFrame(drift), out_dir / "minimum.csv")
         rows += [
-            _row("minimum", name, minimum_xrays, metric, value, "mm", device)
+            _row("minimum", name, b.minimum_xrays, metric, value, "mm", device)
             for name, metric, value in drift_summary(drift)
         ]
-    if "training" in sections and runs is not None:
+    if "training" in sections and b.runs is not None:
         rows += training_rows(
-            runs, training_variant, training_steps, minimum_xrays, out_dir, device
+            b.runs, b.training_variant, b.training_steps, b.minimum_xrays, out_dir, device
         )
-    if "dag" in sections and benchmarks is not None:
-        rows += dag_rows(benchmarks, device)
+    if "dag" in sections and b.benchmarks is not None:
+        rows += dag_rows(b.benchmarks, device)
     frame = pd.DataFrame(rows, columns=COLUMNS)
     previous = out_dir / "bench.csv"
     if previous.is_file():  # keep the sections not rerun this time

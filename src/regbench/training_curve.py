@@ -25,7 +25,7 @@ def training_curve(subject_dir: Path, variant: str, steps: list[int], n_xrays: i
     """Rows (steps, xray_id, start, mtre_mm, seconds) for each step count and X-ray."""
     import torch
 
-    from regbench.cli import registration_context
+    from regbench.cli.register import registration_context
     from regbench.data.subject import load_prepared
     from regbench.methods import build_method
     from regbench.seeding import derive_seed

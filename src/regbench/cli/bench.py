@@ -1,0 +1,90 @@
+"""``regbench bench``: timings of the pieces that dominate run time (see :mod:`regbench.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from regbench.cli.common import Subparsers
+
+# regbench.bench.SECTIONS, repeated here so that building the parser imports no torch.
+SECTIONS = ("render", "jacobian", "convergence", "minimum", "training", "dag")
+# By default the timings only: minimum and training rerun registrations (and training) on a
+# finished run, so they are asked for by name.
+DEFAULT_SECTIONS = ("render", "jacobian", "convergence", "dag")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from regbench.bench import BenchSettings, run_bench
+    from regbench.config import load_config
+    from regbench.device import resolve_device
+
+    settings = BenchSettings.from_config(
+        load_config(args.config),
+        out_dir=Path(args.out),
+        sections=tuple(args.sections),
+        sizes=tuple(args.sizes),
+        spacing_mm=args.spacing_mm,
+        n_points=args.n_points,
+        repeats=args.repeats,
+        jacobian_size=args.jacobian_size,
+        n_xrays=args.xrays,
+        lm_iterations=args.lm_iterations,
+        benchmarks=Path(args.benchmarks) if args.benchmarks else None,
+        runs=Path(args.runs) if args.runs else None,
+        minimum_xrays=args.minimum_xrays,
+        training_steps=tuple(args.training_steps),
+        training_variant=args.training_variant,
+    )
+    run_bench(settings, resolve_device(args.device))
+
+
+def add_parsers(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time rendering, pose Jacobians, LM vs Adam and the DAG's rules (bench.csv, bench.md)",
+        description="Reads: --config, and for the dag/minimum/training sections a finished "
+        "run (--benchmarks, --runs). Writes: --out/bench.csv, --out/bench.md and the sections' "
+        "figures.",
+    )
+    p.add_argument("--out", default="results/bench", help="output folder")
+    p.add_argument(
+        "--config",
+        default="config.yaml",
+        help="every section: the detector, bone attenuation, embedded CT's min_label_voxels; "
+        "convergence section: the embedded CT spacing, image size, n_points, prior, DiffPose, seed",
+    )
+    p.add_argument(
+        "--sections",
+        nargs="+",
+        default=list(DEFAULT_SECTIONS),
+        choices=SECTIONS,
+        help="sections to (re)measure; the others already in bench.csv are kept",
+    )
+    p.add_argument("--sizes", nargs="+", type=int, default=[64, 128, 256], help="render sizes")
+    p.add_argument("--spacing-mm", type=float, default=2.0, help="CT spacing (render, jacobian)")
+    p.add_argument("--n-points", type=int, default=256, help="samples per ray (render, jacobian)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per case (median)")
+    p.add_argument("--jacobian-size", type=int, default=128)
+    p.add_argument("--xrays", type=int, default=10, help="convergence problems")
+    p.add_argument("--lm-iterations", type=int, default=30)
+    p.add_argument("--benchmarks", default="results/benchmarks", help="a finished run's files")
+    p.add_argument(
+        "--runs",
+        default="results/embedded/chest",
+        help="minimum section: a finished subject folder (prepared/, xrays/, models/, runs/)",
+    )
+    p.add_argument(
+        "--minimum-xrays", type=int, default=10, help="X-rays of the minimum and training sections"
+    )
+    p.add_argument(
+        "--training-steps",
+        nargs="+",
+        type=int,
+        default=[0, 30, 60, 120],
+        help="training section: step counts to retrain for",
+    )
+    p.add_argument("--training-variant", default="ours-so4", help="training section: the method")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=2, help="torch and kernel threads")
+    p.set_defaults(func=cmd_bench, settings="{}")

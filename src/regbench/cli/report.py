@@ -1,0 +1,80 @@
+"""Reporting stages: the paper's tables and figures from the run csvs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from regbench.cli.common import Subparsers, add_stage, parse_settings
+
+
+def cmd_generalization_table(args: argparse.Namespace) -> None:
+    from regbench import tables
+
+    s = parse_settings(args.settings)
+    ev = s["evaluation"]
+    runs = tables.load_runs([Path(p) for p in args.runs])
+    table = tables.generalization_table(
+        runs,
+        expected_methods=s["methods"],
+        threshold_mm=ev["success_mm"],
+        sr_threshold_mm=ev["sr_mm"],
+        n_boot=ev["n_bootstrap"],
+        seed=s["seed"],
+    )
+    # Implemented methods that have no patient-agnostic models yet: say so, not "not implemented".
+    pending = table["Method"].isin(s.get("pending", [])) & (table["Note"] == tables.NOT_IMPLEMENTED)
+    table.loc[pending, "Note"] = "no patient-agnostic model yet"
+    tables.write_table(table, Path(args.out_dir) / "table2")
+
+
+def cmd_tables(args: argparse.Namespace) -> None:
+    from regbench.report import build_tables
+
+    build_tables([Path(p) for p in args.runs], Path(args.out_dir), parse_settings(args.settings))
+
+
+def cmd_figures(args: argparse.Namespace) -> None:
+    from regbench.report import build_figures
+
+    build_figures(
+        [Path(p) for p in args.runs],
+        Path(args.out_dir),
+        parse_settings(args.settings),
+        [Path(p) for p in args.optimizer_studies],
+    )
+
+
+def add_parsers(sub: Subparsers) -> None:
+    p = add_stage(
+        sub,
+        "generalization-table",
+        cmd_generalization_table,
+        "the patient-agnostic table (table2) from the held-out subjects' run csvs",
+        "Reads: the held-out subjects' run csvs (--runs). Writes: --out-dir/table2.{csv,md,tex}.",
+    )
+    p.add_argument("--runs", nargs="+", required=True)
+    p.add_argument("--out-dir", required=True)
+
+    p = add_stage(
+        sub,
+        "tables",
+        cmd_tables,
+        "tables of the paper from the run csvs",
+        "Reads: the run csvs (--runs). Writes: --out-dir/table1 and table3 as csv, "
+        "Markdown and LaTeX.",
+    )
+    p.add_argument("--runs", nargs="+", required=True)
+    p.add_argument("--out-dir", required=True)
+
+    p = add_stage(
+        sub,
+        "figures",
+        cmd_figures,
+        "figures from the run and trajectory csvs",
+        "Reads: the run and trajectory csvs (--runs) and --optimizer-studies. Writes: "
+        "--out-dir/{mtre_distribution,convergence,qualitative,optimizers}.{png,pdf}.",
+    )
+    p.add_argument("--runs", nargs="+", required=True)
+    p.add_argument("--optimizer-studies", nargs="*", default=[], help="optimizers.trajectory.csv")
+    p.add_argument("--out-dir", required=True)
