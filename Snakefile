@@ -14,6 +14,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/register.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/generalization.smk"
+include: "workflow/rules/backbones.smk"
 
 
 rule all:

@@ -166,3 +166,14 @@ def test_planning_imports_no_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO / "tests"
     )
     assert out.stdout.strip() == "False"
+
+
+def test_backbone_study_targets(default_config):
+    plan = Plan(default_config)
+    assert plan.backbone_studies() == [f"{plan.results}/embedded/chest/runs/backbones.csv"]
+    assert f"{plan.results}/figures/backbones.png" in plan.final_outputs()
+    assert f"{plan.results}/tables/backbones.md" in plan.final_outputs()
+    off = copy.deepcopy(default_config)
+    off["backbone_study"]["enabled"] = False
+    plan = Plan(off)
+    assert plan.backbone_studies() == [] and not any("backbones" in f for f in plan.final_outputs())

@@ -41,6 +41,7 @@ LAYOUT: dict[str, str] = {
     "trajectory": "{dataset}/{subject}/runs/{method}.trajectory.csv",
     "run_snapshot": "{dataset}/{subject}/runs/{method}.config.json",
     "optimizer_study": "{dataset}/{subject}/runs/optimizers.trajectory.csv",
+    "backbone_study": "{dataset}/{subject}/runs/backbones.csv",
     "agnostic_regressor": "_agnostic/{dataset}/models/regressor.pt",
     "agnostic_regressor_log": "_agnostic/{dataset}/models/regressor.log.csv",
     "agnostic_regressor_snapshot": "_agnostic/{dataset}/models/regressor.config.json",
@@ -108,6 +109,8 @@ class Plan:
         # Heavy rules request a GPU from the scheduler when the config asks for CUDA.
         self.gpu = 1 if c["device"] == "cuda" else 0
         self.optimizer_study = OPTIMIZER_STUDY_METHOD in self.run_methods
+        # The paper's Figure 4 (left), on the first patient-specific subject.
+        self.backbone_subjects = self.subjects[:1] if c["backbone_study"]["enabled"] else []
         self.table_stems = ["table1", "table3"]
         self.figure_stems = ["mtre_distribution", "convergence", "qualitative"] + (
             ["optimizers"] if self.optimizer_study else []
@@ -349,6 +352,19 @@ class Plan:
             return []
         return [self.path("optimizer_study", dataset=d, subject=s) for d, s in self.subjects]
 
+    def backbone_studies(self) -> list[str]:
+        return [
+            self.path("backbone_study", dataset=d, subject=s) for d, s in self.backbone_subjects
+        ]
+
+    def backbone_files(self) -> list[str]:
+        """The backbone study's figure and table (none when the study is off)."""
+        if not self.backbone_subjects:
+            return []
+        return [self.path("figure", stem="backbones", ext=e) for e in FIGURE_FORMATS] + [
+            self.path("table", stem="backbones", ext=e) for e in TABLE_FORMATS
+        ]
+
     def agnostic_run_csvs(self) -> list[str]:
         return [
             self.path("agnostic_runs", dataset=d, subject=s, method=m)
@@ -375,7 +391,12 @@ class Plan:
         return [self.path("table", stem="table2", ext=ext) for ext in TABLE_FORMATS]
 
     def final_outputs(self) -> list[str]:
-        return self.table_files() + self.figure_files() + self.generalization_files()
+        return (
+            self.table_files()
+            + self.figure_files()
+            + self.generalization_files()
+            + self.backbone_files()
+        )
 
     # ------------------------------------------------------------------ report
 

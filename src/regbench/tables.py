@@ -62,7 +62,8 @@ TABLE1_COLUMNS = (
 )
 ABLATION_COLUMNS = ("Dataset", "Method", "SMSR (%)", "Mean (mm)", "Std (mm)", "N", "Failed", "Note")
 _TEXT_COLUMNS = ("Dataset", "Method", "Note", "Subject", "Backbone", "Loss settled")
-_COUNT_COLUMNS = ("N", "Failed", "Epochs", "Steps")
+_SUMMARY_COUNTS = ("N", "Failed")  # integer columns of the summary tables
+_COUNT_COLUMNS = (*_SUMMARY_COUNTS, "Epochs", "Steps")
 _SCIENTIFIC_COLUMNS = ("Loss std",)  # a criterion of order 1e-4
 
 
@@ -190,7 +191,7 @@ def _summary_frame(
             else:
                 rows.append(summary_row(group, label, method, **summary_kwargs))
     table = pd.DataFrame(rows, columns=list(TABLE1_COLUMNS))
-    return table.astype({c: "Int64" for c in _COUNT_COLUMNS})
+    return table.astype({c: "Int64" for c in _SUMMARY_COUNTS})
 
 
 def table1(

@@ -59,6 +59,16 @@ def report_figures():
     return flagged
 
 
+def report_backbones():
+    """The backbone study's figure and table, flagged under Figures (the paper's Figure 4)."""
+    flagged = []
+    for path in PLAN.backbone_files():
+        _, ext = _stem_ext(path)
+        labels = {"figure": "Backbones", "format": ext}
+        flagged.append(flag_report(path, "backbones", "Figures", "Backbones", labels))
+    return flagged
+
+
 def building_report():
     """Whether this process renders the report (`snakemake --report`, as build_report runs)."""
     return any(

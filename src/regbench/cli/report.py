@@ -45,6 +45,14 @@ def cmd_figures(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_backbone_figure(args: argparse.Namespace) -> None:
+    from regbench.report import build_backbone_outputs
+
+    build_backbone_outputs(
+        [Path(p) for p in args.studies], Path(args.figure_dir), Path(args.table_dir)
+    )
+
+
 def add_parsers(sub: Subparsers) -> None:
     p = add_stage(
         sub,
@@ -78,3 +86,15 @@ def add_parsers(sub: Subparsers) -> None:
     p.add_argument("--runs", nargs="+", required=True)
     p.add_argument("--optimizer-studies", nargs="*", default=[], help="optimizers.trajectory.csv")
     p.add_argument("--out-dir", required=True)
+
+    p = add_stage(
+        sub,
+        "backbone-figure",
+        cmd_backbone_figure,
+        "the backbone study as a figure and a table (the paper's Figure 4, left)",
+        "Reads: the backbone-study csvs (--studies). Writes: --figure-dir/backbones.{png,pdf} "
+        "and --table-dir/backbones.{csv,md,tex}.",
+    )
+    p.add_argument("--studies", nargs="+", required=True)
+    p.add_argument("--figure-dir", required=True)
+    p.add_argument("--table-dir", required=True)

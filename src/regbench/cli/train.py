@@ -81,6 +81,20 @@ def cmd_train_similarity(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_backbone_study(args: argparse.Namespace) -> None:
+    from regbench.data.xrays import read_xrays
+    from regbench.io import write_csv
+    from regbench.train.backbone_study import study_backbones
+
+    stage = open_stage(args, "backbone-study", device=True, prepared=True)
+    xrays = read_xrays(args.xrays, stage.prepared.geometry)
+    study = study_backbones(stage.prepared, xrays, stage.settings, stage.seed, stage.device)
+    study.insert(0, "subject", args.subject)
+    study.insert(0, "dataset", args.dataset)
+    write_csv(study, args.out)
+    logging.info("backbone study of %s/%s: %d backbones", args.dataset, args.subject, len(study))
+
+
 def _add_training(
     sub: Subparsers, name: str, func: Handler, help_: str, io: str, pooled: bool, variant: bool
 ) -> argparse.ArgumentParser:
@@ -145,3 +159,17 @@ def add_parsers(sub: Subparsers) -> None:
         p.add_argument("--regressor", required=True, help=regressor_help)
         p.add_argument("--out", required=True, help="similarity-{variant}.pt")
         p.add_argument("--log-csv", required=True, help=LOG_CSV_HELP)
+
+    p = add_stage(
+        sub,
+        "backbone-study",
+        cmd_backbone_study,
+        "the paper's Figure 4 (left): regressors with several backbones on one subject",
+        "Reads: --prepared and the test X-rays (--xrays). Writes: --out (one row per backbone: "
+        "training time, whether the loss settled, PoseNet mTRE).",
+    )
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--subject", required=True)
+    p.add_argument("--prepared", required=True)
+    p.add_argument("--xrays", required=True, help="the subject's xrays/ folder")
+    p.add_argument("--out", required=True, help="backbones.csv")

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from regbench.errors import InputError
 from regbench.evaluate import mtre
 from regbench.geometry.poses import carm_pose
 from regbench.geometry.priors import PosePrior
@@ -86,6 +87,11 @@ def train_backbone(
     study, reg = settings["backbone_study"], settings["regressor"]
     window, threshold = int(study["window_epochs"]), float(study["loss_std_threshold"])
     batch, max_steps = int(study["batch_size"]), int(study["max_steps"])
+    if batch > len(pool.images):
+        raise InputError(
+            f"config key 'backbone_study.batch_size' ({batch}) exceeds the pool "
+            f"({len(pool.images)} DRRs, backbone_study.pool_size): an epoch would have no step"
+        )
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = PoseRegressor(backbone, PosePrior.from_config(settings["prior"])).to(device)
