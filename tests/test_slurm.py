@@ -36,7 +36,7 @@ PROFILE = REPO / "workflow" / "profiles" / "slurm"
 CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "slurm-localhost.sh"
 SKIP_VARIABLE = "REGBENCH_SKIP_SLURM"
 # Run-time columns differ between runs; every other column must be equal.
-TIMING_COLUMNS = {"Run time (s)", "seconds"}
+TIMING_COLUMNS = {"Run time (s)", "seconds", "train_seconds", "Train time (s)"}
 CI_CPUS = 2  # the localhost node (this machine)
 
 
