@@ -51,8 +51,8 @@ def landmark_errors(
 def drift_from_truth(subject_dir: Path, n_xrays: int) -> list[dict]:
     """Per method of a finished subject run (``{results}/{dataset}/{subject}``) and X-ray:
     the refiner started at the ground truth, and how far it ended from it."""
-    from regbench.cli.register import registration_context
     from regbench.methods import build_method
+    from regbench.runner import registration_context
 
     runs = sorted((subject_dir / "runs").glob("*.config.json"))
     if not runs:

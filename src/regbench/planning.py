@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from regbench.data import datasets as registry
 from regbench.data.download import RECORD_SUFFIX
 from regbench.errors import InputError
-from regbench.methods import IMPLEMENTED
+from regbench.methods import IMPLEMENTED, OWN_MODELS
 from regbench.models.variants import VARIANTS
 
 # Every file the workflow writes, relative to `results` (`data_root` for download records), with
@@ -37,6 +37,9 @@ LAYOUT: dict[str, str] = {
     "similarity": "{dataset}/{subject}/models/similarity-{method}.pt",
     "similarity_log": "{dataset}/{subject}/models/similarity-{method}.log.csv",
     "similarity_snapshot": "{dataset}/{subject}/models/similarity-{method}.config.json",
+    "method_model": "{dataset}/{subject}/models/{method}.pt",
+    "method_model_log": "{dataset}/{subject}/models/{method}.log.csv",
+    "method_model_snapshot": "{dataset}/{subject}/models/{method}.config.json",
     "runs": "{dataset}/{subject}/runs/{method}.csv",
     "trajectory": "{dataset}/{subject}/runs/{method}.trajectory.csv",
     "run_snapshot": "{dataset}/{subject}/runs/{method}.config.json",
@@ -287,11 +290,31 @@ class Plan:
             return []
         return [self.path("check_data", dataset=dataset, subject=subject)]
 
-    def similarity_model(self, dataset: str, subject: str, method: str) -> list[str]:
-        """The similarity model a learned-similarity method registers with (else none)."""
-        if method not in VARIANTS:
-            return []
-        return [self.path("similarity", dataset=dataset, subject=subject, method=method)]
+    def method_model(self, dataset: str, subject: str, method: str) -> list[str]:
+        """The trained model a method registers with: a learned similarity's, a method's own
+        (dflnet, scr-reg), or none."""
+        if method in VARIANTS:
+            return [self.path("similarity", dataset=dataset, subject=subject, method=method)]
+        if method in OWN_MODELS:
+            return [self.path("method_model", dataset=dataset, subject=subject, method=method)]
+        return []
+
+    @staticmethod
+    def model_option(method: str, paths: list[str]) -> str:
+        """`register`'s option for the model of :meth:`method_model` (none: empty)."""
+        if not paths:
+            return ""
+        flag = "--similarity" if method in VARIANTS else "--model"
+        return f"{flag} {shlex.quote(str(paths[0]))}"
+
+    def train_method_settings(self, dataset: str, subject: str, method: str) -> str:
+        """What a method's own model depends on: the rendering of its training DRRs and the
+        `training` part of its section (its `registration` part reruns registrations only)."""
+        blob = json.loads(
+            self.subject_settings(dataset, subject, "prior", "render", "geometry", "augment")
+        )
+        blob[method] = {"training": self.config[method]["training"]}
+        return _dump(blob)
 
     def optimizer_study_similarity(self) -> str:
         """The similarity model the optimiser study compares optimisers on (wildcards left)."""
@@ -319,7 +342,9 @@ class Plan:
     def agnostic_methods(self, dataset: str) -> list[str]:
         """Implemented methods registered in a dataset's agnostic scenario."""
         listed = self.agnostic[dataset]["methods"] or self.config["methods"]
-        return [m for m in listed if m in IMPLEMENTED]
+        # Methods with a model of their own have no patient-agnostic training (yet): their
+        # Table 2 rows say so (generalization_settings' `pending`).
+        return [m for m in listed if m in IMPLEMENTED and m not in OWN_MODELS]
 
     def agnostic_table_methods(self) -> list[str]:
         """Rows of Table 2: every method configured for an agnostic scenario, in config order."""

@@ -252,7 +252,6 @@ def register_image(
     from regbench.device import resolve_device
     from regbench.methods import build_method, check_method, needs_similarity
     from regbench.methods.base import Context
-    from regbench.rendering.renderer import make_renderer
     from regbench.seeding import derive_seed, seed_everything
 
     check_method(method)
@@ -301,15 +300,7 @@ def register_image(
     regressor = None
     if init == "regressor" or needs_similarity(method):
         regressor = _regressor(subject, settings, settings_path, results / "models", device)
-    context = Context(
-        make_renderer(
-            subject, settings["render"]["bone_attenuation"], settings["render"]["renderer"], device
-        ),
-        regressor,
-        settings["render"]["n_points"],
-        settings,
-        int(border_px),
-    )
+    context = Context.for_subject(subject, settings, regressor, device, border_px)
     if needs_similarity(method):
         _attach_similarity(
             context, subject, method, settings, results / "models", regressor, device
@@ -344,9 +335,8 @@ def _regressor(subject, settings: dict, settings_path: Path, models: Path, devic
 
 
 def _attach_similarity(context, subject, method: str, settings, models: Path, regressor, device):
-    from regbench.models.similarity import SimilarityGeometry
     from regbench.seeding import derive_seed
-    from regbench.train.similarity import load_similarity, train_similarity
+    from regbench.train.similarity import train_similarity
 
     path = models / f"similarity-{method}.pt"
     if not path.is_file():
@@ -355,8 +345,7 @@ def _attach_similarity(context, subject, method: str, settings, models: Path, re
         train_similarity(
             subject, method, settings, seed, path, path.with_suffix(".log.csv"), device, regressor
         )
-    context.similarity = load_similarity(path, method, settings, device)
-    context.similarity_setup = SimilarityGeometry(subject, settings, device)
+    context.attach_similarity(path, method, subject, device)
 
 
 def _write_outputs(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ from tqdm import tqdm
 from regbench import evaluate
 from regbench.data.subject import Prepared
 from regbench.data.xrays import XraySet
+from regbench.errors import InputError
 from regbench.geometry.poses import matrix_columns
 from regbench.methods import build_method
 from regbench.methods.base import Context, Result, Trace
@@ -129,3 +131,40 @@ def optimizer_study(
                 for it, s, m in zip(trace.iterations, trace.seconds, errors, strict=True)
             ]
     return pd.DataFrame(rows, columns=TRAJECTORY_COLUMNS)
+
+
+def registration_context(
+    prepared_dir: str | Path,
+    xrays_dir: str | Path,
+    regressor: str | Path,
+    similarity: str | Path | None,
+    settings: dict,
+    method: str,
+    model: str | Path | None = None,
+) -> tuple[Prepared, XraySet, Context]:
+    """A subject's prepared data, X-rays and the method's Context (models loaded, never the
+    ground truth), seeded with the master seed: what ``register`` and the benchmarks run.
+    ``similarity`` is a learned-similarity method's model, ``model`` a method's own."""
+    from regbench.data.subject import load_prepared
+    from regbench.data.xrays import read_xrays
+    from regbench.device import resolve_device
+    from regbench.methods import check_method, needs_own_model, needs_similarity
+    from regbench.seeding import seed_everything
+    from regbench.train.regressor import load_regressor
+
+    check_method(method)
+    device = resolve_device(settings["device"])
+    prepared = load_prepared(prepared_dir)
+    seed_everything(settings["seed"])
+    xrays = read_xrays(xrays_dir, prepared.geometry)
+    model = load_regressor(regressor, settings, device)
+    context = Context.for_subject(prepared, settings, model, device, xrays.border_px)
+    if needs_similarity(method):
+        if not similarity:
+            raise InputError(f"method '{method}' needs --similarity (a trained model)")
+        context.attach_similarity(similarity, method, prepared, device)
+    if needs_own_model(method):
+        if not model:
+            raise InputError(f"method '{method}' needs --model (its trained model)")
+        context.attach_model(model, method, device)
+    return prepared, xrays, context

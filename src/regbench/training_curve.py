@@ -25,9 +25,9 @@ def training_curve(subject_dir: Path, variant: str, steps: list[int], n_xrays: i
     """Rows (steps, xray_id, start, mtre_mm, seconds) for each step count and X-ray."""
     import torch
 
-    from regbench.cli.register import registration_context
     from regbench.data.subject import load_prepared
     from regbench.methods import build_method
+    from regbench.runner import registration_context
     from regbench.seeding import derive_seed
     from regbench.train.checkpoint import save_checkpoint
     from regbench.train.regressor import load_regressor

@@ -14,7 +14,7 @@ os.environ.update(
 
 from regbench.config import validate_config
 from regbench.errors import InputError
-from regbench.methods import IMPLEMENTED
+from regbench.methods import IMPLEMENTED, OWN_MODELS
 from regbench.planning import Plan, alternatives
 from regbench.data.datasets import SUBJECT_PATTERN
 
@@ -60,8 +60,8 @@ def register_settings(w):
     return PLAN.register_settings(w.dataset, w.subject, w.method)
 
 
-def similarity_model(w):
-    return PLAN.similarity_model(w.dataset, w.subject, w.method)
+def method_model(w):
+    return PLAN.method_model(w.dataset, w.subject, w.method)
 
 
 def agnostic_similarity_model(w):

@@ -82,7 +82,7 @@ use rule register as register_agnostic with:
         xrays=rules.simulate.output.xrays,
         index=rules.simulate.output.index,
         regressor=rules.train_regressor_agnostic.output.model,
-        similarity=agnostic_similarity_model,
+        model=agnostic_similarity_model,
     output:
         runs=PLAN.pattern("agnostic_runs"),
         trajectory=PLAN.pattern("agnostic_trajectory"),

@@ -6,7 +6,7 @@ rule register:
         xrays=rules.simulate.output.xrays,
         index=rules.simulate.output.index,
         regressor=rules.train_regressor.output.model,
-        similarity=similarity_model,
+        model=method_model,
     output:
         runs=PLAN.pattern("runs"),
         trajectory=PLAN.pattern("trajectory"),
@@ -15,7 +15,7 @@ rule register:
         settings=register_settings,
         prepared=lambda w, input: os.path.dirname(input.ct),
         xrays=lambda w, input: os.path.dirname(input.xrays),
-        similarity=lambda w, input: f"--similarity {input.similarity}" if input.similarity else "",
+        model=lambda w, input: PLAN.model_option(w.method, input.model),
     threads: 1
     log:
         f"{R}/logs/register/{{dataset}}/{{subject}}/{{method}}.log",
@@ -29,7 +29,7 @@ rule register:
         "../../envs/regbench.yaml"
     shell:
         "python -m regbench register --method {wildcards.method} --prepared {params.prepared}"
-        " --xrays {params.xrays} --regressor {input.regressor} {params.similarity}"
+        " --xrays {params.xrays} --regressor {input.regressor} {params.model}"
         " --settings {params.settings:q}"
         " --out {output.runs} --trajectory {output.trajectory} --threads {threads} 2> {log}"
 

@@ -59,3 +59,36 @@ rule train_similarity:
         " --subject {wildcards.subject} --variant {wildcards.method}"
         " --prepared {params.prepared} --regressor {input.regressor} --settings {params.settings:q}"
         " --out {output.model} --log-csv {output.log_csv} --threads {threads} 2> {log}"
+
+
+# Methods that learn a model of their own (regbench.methods.OWN_MODELS: landmark heatmaps,
+# scene coordinates), trained on the subject's DRRs.
+rule train_method:
+    input:
+        **rules.prepare.output,
+        checked=data_check,
+    output:
+        model=PLAN.pattern("method_model"),
+        log_csv=PLAN.pattern("method_model_log"),
+        snapshot=PLAN.pattern("method_model_snapshot"),
+    params:
+        settings=lambda w: PLAN.train_method_settings(w.dataset, w.subject, w.method),
+        prepared=lambda w, input: os.path.dirname(input.ct),
+    wildcard_constraints:
+        method=alternatives(sorted(OWN_MODELS)),
+    threads: 1
+    log:
+        f"{R}/logs/train_method/{{dataset}}/{{subject}}/{{method}}.log",
+    benchmark:
+        f"{R}/benchmarks/train_method/{{dataset}}/{{subject}}/{{method}}.tsv"
+    resources:
+        mem_mb=6000,
+        runtime=240,
+        gpu=PLAN.gpu,
+    conda:
+        "../../envs/regbench.yaml"
+    priority: 5  # like the similarity trainings: before the registrations queue behind them
+    shell:
+        "python -m regbench train-method --method {wildcards.method} --dataset {wildcards.dataset}"
+        " --subject {wildcards.subject} --prepared {params.prepared} --settings {params.settings:q}"
+        " --out {output.model} --log-csv {output.log_csv} --threads {threads} 2> {log}"

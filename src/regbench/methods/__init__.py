@@ -22,6 +22,10 @@ _CLASSES: dict[str, str] = {
     **{name: "regbench.methods.learned:LearnedSimilarity" for name in VARIANTS},
 }
 IMPLEMENTED: frozenset[str] = frozenset(_CLASSES)
+# Methods that learn a model of their own per subject (not a learned similarity): the class
+# provides ``train(prepared, settings, seed, out, log_csv, device)`` and
+# ``load_model(path, settings, device)``; `regbench train-method` writes models/{method}.pt.
+OWN_MODELS: frozenset[str] = frozenset()
 
 # Every method of the paper's tables; those not in IMPLEMENTED get a "not implemented" row.
 ALL_METHODS: tuple[str, ...] = (
@@ -61,10 +65,19 @@ def needs_similarity(name: str) -> bool:
     return name in VARIANTS
 
 
-def build_method(name: str, context: Context) -> Method:
+def needs_own_model(name: str) -> bool:
+    """Whether a method registers with a model of its own, trained per subject."""
+    return name in OWN_MODELS
+
+
+def method_class(name: str) -> type[Method]:
     check_method(name)
     module, cls = _CLASSES[name].split(":")
-    method_class = getattr(import_module(module), cls)
+    return getattr(import_module(module), cls)
+
+
+def build_method(name: str, context: Context) -> Method:
+    cls = method_class(name)
     if needs_similarity(name):
-        return method_class(context, name)
-    return method_class(context)
+        return cls(context, name)
+    return cls(context)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from regbench.data.subject import Prepared
 from regbench.models.regressor import PoseRegressor
-from regbench.rendering.renderer import Renderer
+from regbench.rendering.renderer import Renderer, make_renderer
 
 
 @dataclass
@@ -22,6 +24,42 @@ class Context:
     border_px: int = 0  # collimator border of the X-rays, excluded from image comparisons
     similarity: torch.nn.Module | None = None  # trained learned-similarity model, if any
     similarity_setup: object | None = None  # its SimilarityGeometry for this subject
+    model: torch.nn.Module | None = None  # the method's own trained model (dflnet, scr-reg)
+
+    @classmethod
+    def for_subject(
+        cls,
+        prepared: Prepared,
+        settings: dict,
+        regressor: PoseRegressor | None,
+        device: torch.device,
+        border_px: int = 0,
+    ) -> Context:
+        """A subject's context, rendered as the config's ``render`` section asks (the same
+        for the workflow's registrations and for ``register-image``)."""
+        render = settings["render"]
+        renderer = make_renderer(prepared, render["bone_attenuation"], render["renderer"], device)
+        return cls(renderer, regressor, render["n_points"], settings, int(border_px))
+
+    def attach_similarity(
+        self, path: str | Path, method: str, prepared: Prepared, device: torch.device
+    ) -> None:
+        """Load a learned-similarity method's trained model and what it renders with."""
+        from regbench.models.similarity import SimilarityGeometry
+        from regbench.train.similarity import load_similarity
+
+        self.similarity = load_similarity(path, method, self.settings, device)
+        self.similarity_setup = SimilarityGeometry(prepared, self.settings, device)
+
+    def attach_model(self, path: str | Path, method: str, device: torch.device) -> None:
+        """Load the trained model of a method that learns one of its own."""
+        from regbench.methods import method_class
+
+        self.model = method_class(method).load_model(path, self.settings, device)
+
+
+class RegistrationFailed(RuntimeError):
+    """A method found no pose for an X-ray (e.g. too few confident landmarks): a failed row."""
 
 
 @dataclass
@@ -66,7 +104,10 @@ class Method:
         else:  # the regressor's dtype and layout
             init = init.reshape(4, 4).to(torch.float32)
         trace.record(0, init)
-        pose, iterations = self.refine(image, init, trace)
+        try:
+            pose, iterations = self.refine(image, init, trace)
+        except RegistrationFailed as exc:
+            return Result(init, 0, "failed", trace, str(exc))
         if not torch.isfinite(pose).all():
             return Result(init, iterations, "failed", trace, "non-finite pose")
         return Result(pose, iterations, "ok", trace)
