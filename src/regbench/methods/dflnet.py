@@ -1,0 +1,76 @@
+"""DFLNet (Grupp et al., IJCARS 2020): landmark heatmaps from a U-Net, then PnP with RANSAC.
+
+The subject's own network predicts one heatmap per landmark; each landmark whose heatmap peaks
+confidently (:func:`regbench.models.landmark_net.peak_confidence`, the authors' template NCC
+of 0.9) gives a 2D point at its sub-pixel peak, and OpenCV's ``solvePnPRansac`` on the
+subject's intrinsics turns them into the pose. The regressor's start is not used. Fewer than
+``min_landmarks`` confident landmarks, or no RANSAC consensus, fails the X-ray.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from regbench.data.subject import Prepared
+from regbench.geometry.pnp import pose_from_correspondences
+from regbench.methods.base import Method, RegistrationFailed, Trace
+from regbench.models.landmark_net import peak_confidence
+
+
+class DFLNet(Method):
+    name = "dflnet"
+
+    @staticmethod
+    def train(
+        prepared: Prepared,
+        settings: dict,
+        seed: int,
+        out: Path,
+        log_csv: Path,
+        device: torch.device,
+    ) -> None:
+        from regbench.train.dflnet import train_dflnet
+
+        train_dflnet(prepared, settings, seed, out, log_csv, device)
+
+    @staticmethod
+    def load_model(path: str | Path, settings: dict, device: torch.device) -> torch.nn.Module:
+        from regbench.train.dflnet import load_dflnet
+
+        return load_dflnet(path, settings, device)
+
+    def refine(
+        self, image: torch.Tensor, init: torch.Tensor, trace: Trace
+    ) -> tuple[torch.Tensor, int]:
+        cfg = self.context.settings["dflnet"]
+        reg = cfg["registration"]
+        model = self.context.model
+        with torch.no_grad():
+            maps = model(image.to(self.context.renderer.device)).cpu()
+        points = model.points.cpu().numpy()
+        if maps.shape[1] != len(points):
+            raise RegistrationFailed(f"{maps.shape[1]} heatmaps for {len(points)} landmarks")
+        peaks, ncc = peak_confidence(maps, cfg["training"]["sigma_px"], reg["window_px"])
+        confident = (ncc[0] >= reg["min_ncc"]).numpy()
+        count = int(confident.sum())
+        if count < reg["min_landmarks"]:
+            raise RegistrationFailed(
+                f"{count} confident landmarks of {len(points)} (< {reg['min_landmarks']})"
+            )
+        result = pose_from_correspondences(
+            peaks[0].numpy()[confident],
+            points[confident],
+            model.geometry,
+            reprojection_px=reg["reprojection_px"],
+            iterations=reg["ransac_iterations"],
+            confidence=reg["ransac_confidence"],
+            seed=int(self.context.settings["seed"]),
+        )
+        if not result.ok:
+            raise RegistrationFailed(f"PnP on {count} confident landmarks: {result.message}")
+        pose = torch.from_numpy(np.asarray(result.pose, dtype=np.float64))
+        trace.record(1, pose)
+        return pose, 1
