@@ -157,8 +157,8 @@ def registration_context(
     prepared = load_prepared(prepared_dir)
     seed_everything(settings["seed"])
     xrays = read_xrays(xrays_dir, prepared.geometry)
-    model = load_regressor(regressor, settings, device)
-    context = Context.for_subject(prepared, settings, model, device, xrays.border_px)
+    initialiser = load_regressor(regressor, settings, device)
+    context = Context.for_subject(prepared, settings, initialiser, device, xrays.border_px)
     if needs_similarity(method):
         if not similarity:
             raise InputError(f"method '{method}' needs --similarity (a trained model)")
