@@ -1,0 +1,146 @@
+"""Per-subject training of SCR-reg's scene-coordinate network on DRRs rendered on the fly.
+
+Each training X-ray comes with its labels from the same rays and samples
+(:class:`~regbench.rendering.scene_coordinates.BoneEntryExit` on the projector that renders it),
+so a label is exactly the point on its pixel's ray. The loss is the authors' code's
+heteroscedastic Gaussian likelihood (:func:`heteroscedastic_loss`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from regbench.data.subject import Prepared
+from regbench.errors import InputError
+from regbench.geometry.poses import carm_pose
+from regbench.geometry.priors import PosePrior
+from regbench.models.scene_coordinates import SceneCoordinateNet
+from regbench.rendering.scene_coordinates import BoneEntryExit
+from regbench.train.checkpoint import TrainingState, load_checkpoint
+from regbench.train.xray_domain import TrainingXrays
+
+log = logging.getLogger(__name__)
+
+METHOD = "scr-reg"
+
+
+def scr_reg_settings(settings: dict) -> dict:
+    """The part of the config the model depends on (its checkpoint fingerprint): the training
+    DRRs' rendering and the section's ``training`` part (not its ``registration`` part)."""
+    keys = ("seed", "prior", "render", "geometry", "augment")
+    return {**{k: settings[k] for k in keys}, METHOD: {"training": settings[METHOD]["training"]}}
+
+
+def heteroscedastic_loss(
+    raw: torch.Tensor, labels_mm: torch.Tensor, scale_mm: float
+) -> torch.Tensor:
+    """The authors' loss: (N,8,H,W) outputs, (N,2,H,W,3) entry/exit labels in mm (NaN: the
+    ray meets no bone).
+
+    Per surface, over the pixels with a label, the mean of ``|mu - y|^2 / sigma^2 + 2 log sigma``
+    (the negative log-likelihood of an isotropic Gaussian up to its weighting; coordinates
+    in units of ``scale_mm``); over the pixels without one, a term that drives sigma up, so
+    that their predictions are never selected: the mean of ``exp(-sigma)`` for the entry and
+    ``exp(-sigma)^2`` for the exit, as in the authors' code. The four means are summed.
+    """
+    n, _, h, w = raw.shape
+    parts = raw.reshape(n, 2, 4, h, w)
+    mean = parts[:, :, :3].permute(0, 1, 3, 4, 2)  # (N,2,H,W,3)
+    log_std = parts[:, :, 3]  # (N,2,H,W)
+    target = labels_mm / scale_mm
+    labelled = torch.isfinite(target).all(dim=-1)
+    total = raw.new_zeros(())
+    for surface, power in ((0, 1), (1, 2)):
+        pos, s = labelled[:, surface], log_std[:, surface]
+        if pos.any():
+            d2 = ((mean[:, surface][pos] - target[:, surface][pos]) ** 2).sum(-1)
+            total = total + (d2 * torch.exp(-2 * s[pos]) + 2 * s[pos]).mean()
+        if (~pos).any():
+            total = total + torch.exp(-torch.exp(s[~pos])).pow(power).mean()
+    return total
+
+
+class SceneCoordinateXrays:
+    """Augmented training X-rays and their scene-coordinate labels, from the same rays."""
+
+    def __init__(
+        self, prepared: Prepared, settings: dict, threshold_hu: float, device: torch.device
+    ) -> None:
+        self.xrays = TrainingXrays(prepared, settings, device)
+        self.labels = BoneEntryExit(
+            self.xrays.projector, prepared.ct, prepared.affine, threshold_hu
+        )
+
+    def sample(
+        self, poses: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,4,4) poses -> (N,1,H,W) X-rays and (N,2,H,W,3) entry/exit labels (mm)."""
+        images = self.xrays.sample(poses, generator)
+        # The projector renders in its volume's dtype: label the rays of the pose it used.
+        rendered = poses.to(self.xrays.volume.dtype).to(torch.float64)
+        return images, self.labels(rendered, self.xrays.n_points)
+
+
+def train_scr_reg(
+    prepared: Prepared,
+    settings: dict,
+    seed: int,
+    out: Path,
+    log_csv: Path,
+    device: torch.device,
+) -> SceneCoordinateNet:
+    """Train and write ``out`` (checkpoint), ``log_csv`` and a config snapshot beside them;
+    resumable from ``out.with_suffix('.partial')`` like the regressor's training."""
+    cfg = settings[METHOD]["training"]
+    fp_settings = {**scr_reg_settings(settings), "subject_seed": seed}
+    data = SceneCoordinateXrays(prepared, settings, cfg["bone_threshold_hu"], device)
+    prior = PosePrior.from_config(settings["prior"], scale=cfg["prior_scale"])
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = SceneCoordinateNet(
+        cfg["base_channels"], cfg["depth"], cfg["scale_mm"], prepared.geometry
+    ).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["steps"])
+    state = TrainingState(model, optimizer, scheduler, generator, fp_settings)
+    partial = out.with_suffix(".partial")
+    t0 = time.perf_counter() - state.resume(partial, log)
+    model.train()
+    for _ in tqdm(range(state.step, cfg["steps"]), desc=METHOD, mininterval=5):
+        rot, trans = prior.sample_params(cfg["batch_size"], generator)
+        images, labels = data.sample(carm_pose(rot, trans), generator)
+        loss = heteroscedastic_loss(model(images.to(device)), labels.to(device), model.scale_mm)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        seconds = time.perf_counter() - t0
+        if state.end_step(loss.item(), seconds, cfg["checkpoint_every"], cfg["steps"], partial):
+            log.info("step %d loss %.4f", state.step, loss.item())
+    extra = {
+        "base_channels": cfg["base_channels"],
+        "depth": cfg["depth"],
+        "scale_mm": cfg["scale_mm"],
+        "geometry": dict(prepared.geometry),
+    }
+    state.finish(out, log_csv, extra)
+    return model
+
+
+def load_scr_reg(path: str | Path, settings: dict, device: torch.device) -> SceneCoordinateNet:
+    """Load a trained model; its fingerprint must match the current settings."""
+    blob = load_checkpoint(path)
+    got = {k: v for k, v in blob["settings"].items() if k != "subject_seed"}
+    if got != scr_reg_settings(settings):
+        raise InputError(f"{METHOD} model {path} was trained with other settings than the config's")
+    model = SceneCoordinateNet(
+        blob["base_channels"], blob["depth"], blob["scale_mm"], blob["geometry"]
+    )
+    model.load_state_dict(blob["state_dict"])
+    return model.to(device).eval()
