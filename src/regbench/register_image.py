@@ -250,7 +250,7 @@ def register_image(
     from regbench.data.subject import load_prepared
     from regbench.data.volumes import read_mask
     from regbench.device import resolve_device
-    from regbench.methods import build_method, check_method, needs_similarity
+    from regbench.methods import build_method, check_method, needs_own_model, needs_similarity
     from regbench.methods.base import Context
     from regbench.seeding import derive_seed, seed_everything
 
@@ -305,6 +305,8 @@ def register_image(
         _attach_similarity(
             context, subject, method, settings, results / "models", regressor, device
         )
+    if needs_own_model(method):
+        _attach_own_model(context, subject, method, settings, results / "models", device)
 
     start = None
     if init == "header":
@@ -346,6 +348,21 @@ def _attach_similarity(context, subject, method: str, settings, models: Path, re
             subject, method, settings, seed, path, path.with_suffix(".log.csv"), device, regressor
         )
     context.attach_similarity(path, method, subject, device)
+
+
+def _attach_own_model(context, subject, method: str, settings, models: Path, device):
+    """A method that learns a model of its own (dflnet, scr-reg): trained on first use."""
+    from regbench.methods import method_class
+    from regbench.seeding import derive_seed
+
+    path = models / f"{method}.pt"
+    if not path.is_file():
+        log.info("training the %s model into %s", method, path)
+        seed = derive_seed(settings["seed"], "register-image", "method", method)
+        method_class(method).train(
+            subject, settings, seed, path, path.with_suffix(".log.csv"), device
+        )
+    context.attach_model(path, method, device)
 
 
 def _write_outputs(
