@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from regbench.data import datasets as registry
-from regbench.data.download import RECORD_SUFFIX
+from regbench.data.sources import RECORD_SUFFIX
 from regbench.errors import InputError
 from regbench.methods import IMPLEMENTED, OWN_MODELS
 from regbench.models.variants import VARIANTS

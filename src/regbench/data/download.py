@@ -27,7 +27,6 @@ import urllib.request
 import zipfile
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 from tqdm import tqdm
 
 from regbench import __version__
+from regbench.data.sources import RECORD_SUFFIX, Source, record_path
 
 __all__ = [
     "RECORD_SUFFIX",
@@ -48,9 +48,6 @@ __all__ = [
     "unpack_member",
     "verify_existing",
 ]
-
-# The record beside a verified file; the workflow tracks it instead of the file itself.
-RECORD_SUFFIX = ".sha256"
 
 
 class DownloadError(RuntimeError):
@@ -74,27 +71,6 @@ class ChecksumError(DownloadError):
         self.actual = actual
 
 
-@dataclass(frozen=True)
-class Source:
-    """Where a file comes from, how to check it, and under which terms it may be used.
-
-    ``filename`` is the name of the payload as downloaded (relative to the dataset folder); when
-    ``unpack`` is ``"zip"`` the payload is an archive and ``member`` is the file to extract from it.
-    ``size``/``sha256`` are left ``None`` when they could not be confirmed; the first download then
-    records them beside the file.
-    """
-
-    name: str
-    url: str
-    filename: str
-    size: int | None = None
-    sha256: str | None = None
-    unpack: str | None = None
-    member: str | None = None
-    licence: str = ""
-    homepage: str = ""
-
-
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM})
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -116,11 +92,6 @@ class _Fatal(Exception):
 
 def _sidecar(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
-
-
-def record_path(path: str | Path) -> str:
-    """The ``.sha256`` record that marks a raw file as downloaded or verified."""
-    return f"{path}{RECORD_SUFFIX}"
 
 
 def _part_path(dest: Path) -> Path:

@@ -10,7 +10,7 @@ from regbench.data.datasets.base import ParsedDataset
 from regbench.errors import InputError
 
 if TYPE_CHECKING:
-    from regbench.data.download import Source
+    from regbench.data.sources import Source
 
 
 class ArchivedHdf5(ParsedDataset):

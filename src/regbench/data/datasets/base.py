@@ -46,7 +46,7 @@ class Dataset:
 
     def raw_inputs(self, subject: str, spec: Mapping, data_root: str | Path) -> list[str]:
         """What the workflow tracks for a subject's preparation: its raw files' records."""
-        from regbench.data.download import record_path
+        from regbench.data.sources import record_path
 
         return [record_path(f"{data_root}/{self.name}/{f}") for f in self.raw_files(subject, spec)]
 

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from regbench.data.datasets.base import SimulatedDataset
-from regbench.data.download import Source
+from regbench.data.sources import Source
 from regbench.errors import InputError
 
 if TYPE_CHECKING:

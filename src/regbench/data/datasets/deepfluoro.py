@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from regbench.data.datasets.archived import ArchivedHdf5
-from regbench.data.download import Source
+from regbench.data.sources import Source
 from regbench.errors import InputError
 
 # DiffPose / diffdrrdata order of the six specimens, and their ids in the HDF5 file.

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from regbench.data.datasets.archived import ArchivedHdf5
-from regbench.data.download import Source
+from regbench.data.sources import Source
 from regbench.errors import InputError
 
 if TYPE_CHECKING:
