@@ -47,3 +47,27 @@ def test_invalid_configs_are_rejected_with_the_key(patch, message):
             cfg[key] = value
     with pytest.raises(Exception, match=message):
         check(cfg)
+
+
+def test_a_validated_config_is_read_back_from_the_cache(tmp_path):
+    """The second validation of the same config fills it from the cache, identically (same
+    values, same key order); another config, or a broken cache file, is validated afresh."""
+    import json
+
+    from regbench.config import validate_config
+    from regbench.errors import InputError
+
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    first, second = copy.deepcopy(raw), copy.deepcopy(raw)
+    validate_config(first, "config", cache_dir=tmp_path)
+    (cached,) = tmp_path.glob("validated-config-*.json")
+    validate_config(second, "config", cache_dir=tmp_path)
+    assert json.dumps(second) == json.dumps(first)  # defaults filled, order kept
+    cached.write_text("{broken")
+    third = copy.deepcopy(raw)
+    validate_config(third, "config", cache_dir=tmp_path)
+    assert json.dumps(third) == json.dumps(first)
+    bad = copy.deepcopy(raw)
+    bad["seed"] = "zero"
+    with pytest.raises(InputError, match="seed"):
+        validate_config(bad, "config", cache_dir=tmp_path)  # a new config is checked

@@ -3,6 +3,9 @@ fills every default, for the Snakefile and for the verbs that read a config file
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -31,10 +34,25 @@ def _import_jsonschema() -> None:
             del sys.modules["rfc3987_syntax"]
 
 
-def validate_config(cfg: dict, where: str) -> None:
-    """Validate ``cfg`` in place against the schema (filling defaults); errors name ``where``."""
+def validate_config(cfg: dict, where: str, cache_dir: str | Path | None = None) -> None:
+    """Validate ``cfg`` in place against the schema (filling defaults); errors name ``where``.
+
+    With ``cache_dir``, a config validated before (the same keys and values, the same schema)
+    is filled from the result kept there instead of validated again: Snakemake plans on every
+    call, and validation is most of what planning costs (jsonschema's import and the check).
+    """
     if not SCHEMA.is_file():
         raise InputError(f"config schema not found: {SCHEMA} (a broken regbench install)")
+    cached = _cache_path(cfg, cache_dir)
+    if cached is not None and cached.is_file():
+        try:
+            filled = json.loads(cached.read_text())
+        except (OSError, ValueError):
+            filled = None  # unreadable: validate again (and rewrite it)
+        if isinstance(filled, dict):
+            cfg.clear()
+            cfg.update(filled)
+            return
     _import_jsonschema()
     from snakemake.utils import validate
 
@@ -42,6 +60,32 @@ def validate_config(cfg: dict, where: str) -> None:
         validate(cfg, str(SCHEMA))
     except Exception as exc:
         raise InputError(f"{where} is invalid: {exc}") from exc
+    if cached is not None:
+        _write_cache(cfg, cached)
+
+
+def _cache_path(cfg: dict, cache_dir: str | Path | None) -> Path | None:
+    """Where the validated form of ``cfg`` is kept: named by a hash of the config and the schema
+    (None without a cache folder, or for a config JSON cannot hold exactly)."""
+    if cache_dir is None:
+        return None
+    try:
+        text = json.dumps(cfg, allow_nan=False)  # key order kept: it orders datasets and rows
+    except (TypeError, ValueError):
+        return None
+    digest = hashlib.sha256(text.encode() + SCHEMA.read_bytes()).hexdigest()[:32]
+    return Path(cache_dir) / f"validated-config-{digest}.json"
+
+
+def _write_cache(cfg: dict, path: Path) -> None:
+    """Atomically, and best effort: a read-only folder only costs the next call a validation."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cfg))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def load_config(path: str | Path | None) -> dict:

@@ -20,7 +20,8 @@ from regbench.data.datasets import SUBJECT_PATTERN
 
 
 try:
-    validate_config(config, "config")  # fills every default
+    # Fills every default; a config validated before is read back from .snakemake/regbench/.
+    validate_config(config, "config", cache_dir=os.path.join(".snakemake", "regbench"))
     PLAN = Plan(config)
 except InputError as exc:
     raise WorkflowError(str(exc)) from None
