@@ -27,8 +27,8 @@ import torch
 
 from regbench.cli import main
 from regbench.data.volumes import save_volume, voxel_to_world
-from regbench.geometry.poses import matrix_columns
 from regbench.io import all_or_nothing, write_text
+from regbench.tables import matrix_columns
 
 SHAPE = (16, 16, 16)
 SPACING = 8.0

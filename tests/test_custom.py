@@ -16,9 +16,10 @@ from PIL import Image
 from regbench.data.custom import prepare_custom
 from regbench.data.subject import Prepared
 from regbench.errors import InputError
-from regbench.geometry.poses import matrix_columns, perturb
+from regbench.geometry.poses import perturb
 from regbench.rendering.example_folder import make_example_custom_folder
 from regbench.rendering.renderer import make_renderer
+from regbench.tables import matrix_columns
 
 SPACING = 6.0
 

@@ -33,6 +33,7 @@ from regbench.data.download import (
     fetch,
     unpack_member,
 )
+from regbench.errors import InputError
 
 SIZE = 300_000
 FAST = {"timeout": 2.0, "backoff": 0.01, "progress": False}
@@ -50,6 +51,8 @@ class ServerState:
     fail_status: list[int] = field(default_factory=list)  # statuses to answer first, one each
     content_type: str = "application/octet-stream"
     requests: list[dict[str, object]] = field(default_factory=list)
+    # path -> (location, extra headers): answered with a 302 (as a hub redirecting to its CDN)
+    redirects: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -71,6 +74,16 @@ class Handler(BaseHTTPRequestHandler):
             cut = state.cut_after if state.cuts_left > 0 else None
             if cut is not None:
                 state.cuts_left -= 1
+        if forced is None and self.path in state.redirects:
+            location, extra = state.redirects[self.path]
+            entry["status"] = 302
+            self.send_response(302)
+            self.send_header("Location", location)
+            for key, value in extra.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         data = state.files.get(self.path)
         if forced is not None or data is None:
             entry["status"] = forced or 404
@@ -443,6 +456,68 @@ def test_ctspine1k_case_download(served: Served, tmp_path: Path, monkeypatch) ->
         dataset.download(file, root, progress=False)
     assert (root / "volumes" / "liver_0.nii.gz").read_bytes() == vol
     assert (root / "labels" / "liver_0_seg.nii.gz").read_bytes() == seg
+
+
+COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
+
+
+def _hub(served: Served, monkeypatch) -> None:
+    """A hub at 127.0.0.1 that resolves its `main` branch to COMMIT_A on the redirect to its
+    CDN (as huggingface.co does), and serves COMMIT_A's files under their commit too."""
+    monkeypatch.setattr(
+        ctspine1k, "URL_TEMPLATE", served.base + "/{repo}/{revision}/{kind}/{subset}/{file}"
+    )
+    for kind, file in [("volumes", "liver_0.nii.gz"), ("labels", "liver_0_seg.nii.gz")]:
+        data = os.urandom(1500)
+        served.state.files[f"/cdn/{file}"] = data
+        served.state.files[f"/{ctspine1k.REPO}/{COMMIT_A}/{kind}/MSD-T10/{file}"] = data
+        served.state.redirects[f"/{ctspine1k.REPO}/main/{kind}/MSD-T10/{file}"] = (
+            f"{served.base}/cdn/{file}",
+            {"X-Repo-Commit": COMMIT_A},
+        )
+
+
+def test_ctspine1k_first_download_locks_the_commit(served: Served, tmp_path: Path, monkeypatch):
+    _hub(served, monkeypatch)
+    root, dataset = tmp_path / "ctspine1k", datasets.get("ctspine1k")
+    volume, labels = dataset.raw_files("liver_0", {})
+    dataset.download(volume, root, revision="main", progress=False)
+    lock = json.loads((root / ctspine1k.REVISION_LOCK).read_text())
+    assert lock["commit"] == COMMIT_A and lock["revision"] == "main"
+    source = json.loads((root / "volumes" / "liver_0.nii.gz.source.json").read_text())
+    assert source["repo_commit"] == COMMIT_A
+    # The next file is asked for at the locked commit, not at the branch.
+    dataset.download(labels, root, revision="main", progress=False)
+    paths = [r["path"] for r in served.state.requests]
+    assert paths[-1] == f"/{ctspine1k.REPO}/{COMMIT_A}/labels/MSD-T10/liver_0_seg.nii.gz"
+    assert (root / "labels" / "liver_0_seg.nii.gz").is_file()
+
+
+def test_ctspine1k_pin_other_than_lock_is_refused(served: Served, tmp_path: Path, monkeypatch):
+    _hub(served, monkeypatch)
+    root, dataset = tmp_path / "ctspine1k", datasets.get("ctspine1k")
+    volume, labels = dataset.raw_files("liver_0", {})
+    dataset.download(volume, root, revision="main", progress=False)
+    with pytest.raises(InputError, match=rf"{COMMIT_B}.*revision\.lock\.json.*{COMMIT_A}"):
+        dataset.download(labels, root, revision=COMMIT_B, progress=False)
+    assert not (root / "labels" / "liver_0_seg.nii.gz").exists()
+
+
+def test_ctspine1k_host_answering_another_commit_is_refused(
+    served: Served, tmp_path: Path, monkeypatch
+):
+    _hub(served, monkeypatch)
+    file = "volumes/MSD-T10/liver_0.nii.gz"
+    served.state.redirects[f"/{ctspine1k.REPO}/{COMMIT_B}/{file}"] = (
+        f"{served.base}/cdn/liver_0.nii.gz",
+        {"X-Repo-Commit": COMMIT_A},
+    )
+    root, dataset = tmp_path / "ctspine1k", datasets.get("ctspine1k")
+    volume, _ = dataset.raw_files("liver_0", {})
+    with pytest.raises(InputError, match=f"commit {COMMIT_A} for revision {COMMIT_B}"):
+        dataset.download(volume, root, revision=COMMIT_B, progress=False)
+    assert not (root / volume).exists() and not (root / ctspine1k.REVISION_LOCK).exists()
+    assert not (root / f"{volume}.sha256").exists()
 
 
 def test_ctspine1k_case_sources_urls() -> None:

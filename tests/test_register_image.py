@@ -14,9 +14,9 @@ import yaml
 from regbench.cli import main
 from regbench.data.dicom import read_dicom_series
 from regbench.errors import InputError
-from regbench.geometry.poses import matrix_columns
 from regbench.register_image import load_xray
 from regbench.rendering.example_folder import make_example_custom_folder
+from regbench.tables import matrix_columns
 
 GEOMETRY_TAGS = {
     "DistanceSourceToDetector": 1020.0,

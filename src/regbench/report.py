@@ -11,9 +11,9 @@ import torch
 from regbench import figures, tables
 from regbench.data.subject import load_prepared
 from regbench.data.xrays import read_xrays
-from regbench.geometry.poses import matrix_columns
 from regbench.methods import ALL_METHODS
 from regbench.rendering.renderer import make_renderer
+from regbench.tables import matrix_columns
 
 
 def _summary_kwargs(settings: dict) -> dict:

@@ -14,27 +14,12 @@ from regbench import evaluate
 from regbench.data.subject import Prepared
 from regbench.data.xrays import XraySet
 from regbench.errors import InputError
-from regbench.geometry.poses import matrix_columns
 from regbench.methods import build_method
 from regbench.methods.base import Context, Result, Trace
+from regbench.tables import RUN_CSV_COLUMNS, matrix_columns
 
 log = logging.getLogger(__name__)
 
-RUN_COLUMNS = [
-    "xray_id",
-    "method",
-    "status",
-    "seconds",
-    "iterations",
-    "mtre_init_mm",
-    "mtre_mm",
-    "mrpe_mm",
-    "legacy_mrpe",
-    "rot_err_deg",
-    "trans_err_mm",
-    *matrix_columns("init"),
-    *matrix_columns("est"),
-]
 TRAJECTORY_COLUMNS = ["xray_id", "method", "iteration", "seconds", "mtre_mm"]
 
 
@@ -57,7 +42,9 @@ def register_all(
         ]
         rows.append(_score(method_name, xray_id, result, trace_poses[0], gt, prepared))
         log.info("%s %s: %s mTRE %.3f mm", method_name, xray_id, result.status, rows[-1]["mtre_mm"])
-    return pd.DataFrame(rows, columns=RUN_COLUMNS), pd.DataFrame(traj, columns=TRAJECTORY_COLUMNS)
+    return pd.DataFrame(rows, columns=list(RUN_CSV_COLUMNS)), pd.DataFrame(
+        traj, columns=TRAJECTORY_COLUMNS
+    )
 
 
 def _register_one(method, image: torch.Tensor, xray_id: str) -> Result:

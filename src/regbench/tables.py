@@ -21,8 +21,15 @@ from regbench.errors import InputError
 from regbench.evaluate import percentile, summarize
 from regbench.io import write_csv, write_text
 
-POSE_COLUMNS = tuple(f"est_m{i}{j}" for i in range(4) for j in range(4))
-RUN_COLUMNS = (
+
+def matrix_columns(prefix: str) -> list[str]:
+    """Column names of a row-major 4x4 in the run tables: ``{prefix}_m00`` ... ``{prefix}_m33``."""
+    return [f"{prefix}_m{i}{j}" for i in range(4) for j in range(4)]
+
+
+POSE_COLUMNS = tuple(matrix_columns("est"))
+# Every column of a run csv, in the order the runner writes them.
+RUN_CSV_COLUMNS = (
     "xray_id",
     "method",
     "status",
@@ -31,10 +38,14 @@ RUN_COLUMNS = (
     "mtre_init_mm",
     "mtre_mm",
     "mrpe_mm",
+    "legacy_mrpe",
     "rot_err_deg",
     "trans_err_mm",
+    *matrix_columns("init"),
     *POSE_COLUMNS,
 )
+# The ones a table needs (runs written before the legacy and start-pose columns still read).
+RUN_COLUMNS = tuple(c for c in RUN_CSV_COLUMNS if c != "legacy_mrpe" and not c.startswith("init_"))
 LEGACY_INPUT = "legacy_mrpe"
 LEGACY_LABEL = "legacy mRPE×px (not mTRE)"
 NOT_IMPLEMENTED = "not implemented"

@@ -35,8 +35,9 @@ from regbench.data.subject import read_geometry
 from regbench.data.volumes import read_ct, read_mask
 from regbench.data.xrays import XraySet
 from regbench.errors import InputError
-from regbench.geometry.poses import check_rigid, matrix_columns
+from regbench.geometry.poses import check_rigid
 from regbench.io import numeric, read_table
+from regbench.tables import matrix_columns
 
 IMAGE_SUFFIXES = (".npy", ".png", ".tif", ".tiff")
 PIL_MODES = ("L", "I;16", "I;16B", "I;16L", "I", "F")

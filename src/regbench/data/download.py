@@ -40,10 +40,12 @@ __all__ = [
     "RECORD_SUFFIX",
     "ChecksumError",
     "DownloadError",
+    "discard",
     "Source",
     "download",
     "fetch",
     "record_path",
+    "recorded_commit",
     "sha256_file",
     "unpack_member",
     "verify_existing",
@@ -158,6 +160,22 @@ def _recorded_digest(path: Path) -> str | None:
     return digest
 
 
+def recorded_commit(path: str | Path) -> str | None:
+    """The repository commit recorded for a downloaded file (see REPO_COMMIT_HEADER), or None."""
+    try:
+        commit = json.loads(_sidecar(Path(path), ".source.json").read_text()).get("repo_commit")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return commit if isinstance(commit, str) and commit else None
+
+
+def discard(path: str | Path) -> None:
+    """Delete a downloaded file with its records (it must be fetched again)."""
+    path = Path(path)
+    for file in (path, _sidecar(path, RECORD_SUFFIX), _sidecar(path, ".source.json")):
+        file.unlink(missing_ok=True)
+
+
 def _recorded_origin(path: Path) -> str | None:
     """How a file got there per its ``.source.json`` ("downloaded", "placed by hand", ...)."""
     try:
@@ -203,6 +221,22 @@ def _request(url: str, start: int, headers: Mapping[str, str] | None) -> urllib.
         # credential, and the token must not leak to another host.
         req.add_unredirected_header("Authorization", f"Bearer {token}")
     return req
+
+
+# Model hubs name the commit a branch resolved to (Hugging Face: on the redirect to its CDN).
+REPO_COMMIT_HEADER = "X-Repo-Commit"
+
+
+class _CommitSeen(urllib.request.HTTPRedirectHandler):
+    """Follows redirects like the default handler and keeps the first repository commit that a
+    hop names: the final (CDN) response no longer carries it."""
+
+    def __init__(self) -> None:
+        self.commit: str | None = None
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's
+        self.commit = self.commit or headers.get(REPO_COMMIT_HEADER)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
@@ -336,13 +370,15 @@ def _transfer(
     progress: bool,
     headers: Mapping[str, str] | None,
     filename: str,
-) -> tuple[str, int, str]:
-    """One attempt: stream ``url`` into ``part`` (resuming it); return (sha256, size, final URL)."""
+) -> tuple[str, int, str, str | None]:
+    """One attempt: stream ``url`` into ``part`` (resuming it); return (sha256, size, final URL,
+    the repository commit a hop named or None)."""
     have = part.stat().st_size if part.exists() else 0
     if expected_size is not None and have > expected_size:
         part.unlink()  # longer than the real file: not a prefix of it
         have = 0
-    opener = urllib.request.build_opener()
+    seen = _CommitSeen()
+    opener = urllib.request.build_opener(seen)
     try:
         resp = opener.open(_request(url, have, headers), timeout=timeout)
     except urllib.error.HTTPError as exc:
@@ -352,7 +388,7 @@ def _transfer(
         _, total = _parse_content_range(exc.headers.get("Content-Range"))
         exc.close()
         if total is not None and total == have:
-            return sha256_file(part), have, url
+            return sha256_file(part), have, url, seen.commit
         part.unlink()
         have = 0
         resp = opener.open(_request(url, 0, headers), timeout=timeout)
@@ -415,7 +451,8 @@ def _transfer(
             os.fsync(fh.fileno())
         if total is not None and received != total:
             raise _Retry(f"connection closed after {received} of {total} bytes")
-        return hasher.hexdigest(), received, resp.geturl()
+        commit = seen.commit or resp.headers.get(REPO_COMMIT_HEADER)
+        return hasher.hexdigest(), received, resp.geturl(), commit
 
 
 def download(
@@ -467,7 +504,7 @@ def download(
         if attempt:
             time.sleep(min(backoff * 2 ** (attempt - 1), 30.0))
         try:
-            digest, size, final_url = _transfer(
+            digest, size, final_url, commit = _transfer(
                 url,
                 part,
                 expected_size=expected_size,
@@ -524,6 +561,7 @@ def download(
         size,
         url=url,
         resolved_url=final_url if final_url != url else None,
+        repo_commit=commit,
         origin="downloaded",
     )
     return dest

@@ -13,8 +13,9 @@ import pandas as pd
 import torch
 
 from regbench.errors import InputError
-from regbench.geometry.poses import check_rigid, matrix_columns
+from regbench.geometry.poses import check_rigid
 from regbench.io import all_or_nothing, numeric, read_table, save_torch, write_csv
+from regbench.tables import matrix_columns
 
 
 @dataclass

@@ -152,8 +152,3 @@ def check_rigid(pose: torch.Tensor | np.ndarray, what: str, tol: float = 1e-3) -
 
 def _batched(pose: torch.Tensor) -> torch.Tensor:
     return pose.unsqueeze(0) if pose.dim() == 2 else pose
-
-
-def matrix_columns(prefix: str) -> list[str]:
-    """Column names of a row-major 4x4 in the run tables: ``{prefix}_m00`` ... ``{prefix}_m33``."""
-    return [f"{prefix}_m{i}{j}" for i in range(4) for j in range(4)]

@@ -15,8 +15,8 @@ import torch
 from regbench.data.custom import translate
 from regbench.data.landmarks import write_landmarks
 from regbench.data.volumes import save_volume, volume_center
-from regbench.geometry.poses import matrix_columns
 from regbench.io import write_csv, write_json
+from regbench.tables import matrix_columns
 
 # The worked example: the embedded chest CT at a coarse spacing, two rendered X-rays.
 EXAMPLE_GEOMETRY = {

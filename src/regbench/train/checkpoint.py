@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from regbench.errors import InputError
 from regbench.io import save_torch
@@ -37,6 +40,16 @@ def load_checkpoint(path: str | Path, settings: dict | None = None) -> dict[str,
             f"checkpoint {path} was made with other settings "
             f"(fingerprint {blob['fingerprint']} != {fingerprint(settings)})"
         )
+    return blob
+
+
+def load_trained(path: str | Path, expected: dict, what: str) -> dict[str, Any]:
+    """A finished model's checkpoint, refused when it was trained under other settings than
+    ``expected`` (the subject's seed aside: it is the run's, not the config's)."""
+    blob = load_checkpoint(path)
+    got = {k: v for k, v in blob["settings"].items() if k != "subject_seed"}
+    if got != expected:
+        raise InputError(f"{what} {path} was trained with other settings than the config's")
     return blob
 
 
@@ -75,6 +88,34 @@ class TrainingState:
         self.rows, self.step = state["rows"], state["step"]
         log.info("resuming training at step %d from %s", self.step, partial)
         return self.rows[-1]["seconds"] if self.rows else 0.0
+
+    def run(
+        self,
+        step_loss: Callable[[], torch.Tensor | tuple[torch.Tensor, str]],
+        *,
+        total: int,
+        every: int,
+        partial: Path,
+        log,
+        desc: str,
+        clip_norm: float | None = None,
+    ) -> None:
+        """Resume from ``partial`` and train up to step ``total``: each step ``step_loss()``
+        draws its batch and returns the loss (or the loss and a detail for the log line), then
+        one optimiser and scheduler step; the resumable state is saved every ``every`` steps."""
+        t0 = time.perf_counter() - self.resume(partial, log)
+        self.model.train()
+        for _ in tqdm(range(self.step, total), desc=desc, mininterval=5):
+            out = step_loss()
+            loss, detail = out if isinstance(out, tuple) else (out, "")
+            self.optimizer.zero_grad()
+            loss.backward()
+            if clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.end_step(loss.item(), time.perf_counter() - t0, every, total, partial):
+                log.info("%s step %d loss %.4f%s", desc, self.step, loss.item(), detail)
 
     def end_step(self, loss: float, seconds: float, every: int, total: int, partial: Path) -> bool:
         """Log one finished step; save the resumable state every ``every`` steps (not after the

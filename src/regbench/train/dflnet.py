@@ -11,18 +11,16 @@ for hundreds of epochs, not for the CPU budget's few hundred steps).
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from regbench.data.subject import Prepared
 from regbench.errors import InputError
 from regbench.geometry.poses import carm_pose
 from regbench.geometry.priors import PosePrior
 from regbench.models.landmark_net import HeatmapNet, heatmap_loss, landmark_labels
-from regbench.train.checkpoint import TrainingState, load_checkpoint
+from regbench.train.checkpoint import TrainingState, load_trained
 from regbench.train.xray_domain import TrainingXrays
 
 log = logging.getLogger(__name__)
@@ -60,21 +58,21 @@ def train_dflnet(
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["steps"])
     state = TrainingState(model, optimizer, scheduler, generator, fp_settings)
-    partial = out.with_suffix(".partial")
-    t0 = time.perf_counter() - state.resume(partial, log)
-    model.train()
-    for _ in tqdm(range(state.step, cfg["steps"]), desc="dflnet", mininterval=5):
+
+    def step_loss() -> torch.Tensor:
         poses = carm_pose(*prior.sample_params(cfg["batch_size"], generator))
         images = xrays.sample(poses, generator)
         target, visible = landmark_labels(poses.numpy(), points, geometry, cfg["sigma_px"])
-        loss = heatmap_loss(model(images.to(device)), target.to(device), visible.to(device))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        seconds = time.perf_counter() - t0
-        if state.end_step(loss.item(), seconds, cfg["checkpoint_every"], cfg["steps"], partial):
-            log.info("step %d loss %.4f", state.step, loss.item())
+        return heatmap_loss(model(images.to(device)), target.to(device), visible.to(device))
+
+    state.run(
+        step_loss,
+        total=cfg["steps"],
+        every=cfg["checkpoint_every"],
+        partial=out.with_suffix(".partial"),
+        log=log,
+        desc="dflnet",
+    )
     extra = {"points": points.tolist(), "geometry": dict(geometry), "steps": cfg["steps"]}
     state.finish(out, log_csv, extra)
     return model
@@ -82,10 +80,7 @@ def train_dflnet(
 
 def load_dflnet(path: str | Path, settings: dict, device: torch.device) -> HeatmapNet:
     """Load a trained model; refused when it was trained under other settings."""
-    blob = load_checkpoint(path)
-    got = {k: v for k, v in blob["settings"].items() if k != "subject_seed"}
-    if got != dflnet_settings(settings):
-        raise InputError(f"dflnet model {path} was trained with other settings than the config's")
+    blob = load_trained(path, dflnet_settings(settings), "dflnet model")
     cfg = settings["dflnet"]["training"]
     model = HeatmapNet(blob["points"], blob["geometry"], cfg["base_channels"], cfg["depth"])
     model.load_state_dict(blob["state_dict"])

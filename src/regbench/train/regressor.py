@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from regbench.data.subject import Prepared
-from regbench.errors import InputError
 from regbench.geometry.poses import carm_pose
 from regbench.geometry.priors import PosePrior
 from regbench.models.regressor import PoseRegressor
-from regbench.train.checkpoint import TrainingState, load_checkpoint
+from regbench.train.checkpoint import TrainingState, load_trained
 from regbench.train.xray_domain import TrainingXrays
 
 log = logging.getLogger(__name__)
@@ -68,33 +65,29 @@ def run_regressor_training(
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["steps"])
     state = TrainingState(model, optimizer, scheduler, generator, fp_settings)
-    partial = out.with_suffix(".partial")
-    t0 = time.perf_counter() - state.resume(partial, log)
-    model.train()
-    for _ in tqdm(range(state.step, cfg["steps"]), desc="regressor", mininterval=5):
+
+    def step_loss() -> torch.Tensor:
         xrays = xrays_for_step(generator)
         rot, trans = train_prior.sample_params(cfg["batch_size"], generator)
         images = xrays.sample(carm_pose(rot, trans), generator)
         target = model.normalise(rot, trans).to(device)
-        loss = torch.nn.functional.mse_loss(model(images.to(device)), target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        seconds = time.perf_counter() - t0
-        if state.end_step(loss.item(), seconds, cfg["checkpoint_every"], cfg["steps"], partial):
-            log.info("step %d loss %.4f", state.step, loss.item())
+        return torch.nn.functional.mse_loss(model(images.to(device)), target)
+
+    state.run(
+        step_loss,
+        total=cfg["steps"],
+        every=cfg["checkpoint_every"],
+        partial=out.with_suffix(".partial"),
+        log=log,
+        desc="regressor",
+    )
     state.finish(out, log_csv, {"backbone": cfg["backbone"], "steps": cfg["steps"]})
     return model
 
 
 def load_regressor(path: str | Path, settings: dict, device: torch.device) -> PoseRegressor:
     """Load a trained regressor; its fingerprint must match the current settings."""
-    blob = load_checkpoint(path)
-    expected = regressor_settings(settings)
-    got = {k: v for k, v in blob["settings"].items() if k != "subject_seed"}
-    if got != expected:
-        raise InputError(f"regressor {path} was trained with other settings than the config's")
+    blob = load_trained(path, regressor_settings(settings), "regressor")
     model = PoseRegressor(blob["backbone"], PosePrior.from_config(settings["prior"]))
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval()

@@ -9,19 +9,16 @@ heteroscedastic Gaussian likelihood (:func:`heteroscedastic_loss`).
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from regbench.data.subject import Prepared
-from regbench.errors import InputError
 from regbench.geometry.poses import carm_pose
 from regbench.geometry.priors import PosePrior
 from regbench.models.scene_coordinates import SceneCoordinateNet
 from regbench.rendering.scene_coordinates import BoneEntryExit
-from regbench.train.checkpoint import TrainingState, load_checkpoint
+from regbench.train.checkpoint import TrainingState, load_trained
 from regbench.train.xray_domain import TrainingXrays
 
 log = logging.getLogger(__name__)
@@ -109,20 +106,20 @@ def train_scr_reg(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["steps"])
     state = TrainingState(model, optimizer, scheduler, generator, fp_settings)
-    partial = out.with_suffix(".partial")
-    t0 = time.perf_counter() - state.resume(partial, log)
-    model.train()
-    for _ in tqdm(range(state.step, cfg["steps"]), desc=METHOD, mininterval=5):
+
+    def step_loss() -> torch.Tensor:
         rot, trans = prior.sample_params(cfg["batch_size"], generator)
         images, labels = data.sample(carm_pose(rot, trans), generator)
-        loss = heteroscedastic_loss(model(images.to(device)), labels.to(device), model.scale_mm)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        seconds = time.perf_counter() - t0
-        if state.end_step(loss.item(), seconds, cfg["checkpoint_every"], cfg["steps"], partial):
-            log.info("step %d loss %.4f", state.step, loss.item())
+        return heteroscedastic_loss(model(images.to(device)), labels.to(device), model.scale_mm)
+
+    state.run(
+        step_loss,
+        total=cfg["steps"],
+        every=cfg["checkpoint_every"],
+        partial=out.with_suffix(".partial"),
+        log=log,
+        desc=METHOD,
+    )
     extra = {
         "base_channels": cfg["base_channels"],
         "depth": cfg["depth"],
@@ -135,10 +132,7 @@ def train_scr_reg(
 
 def load_scr_reg(path: str | Path, settings: dict, device: torch.device) -> SceneCoordinateNet:
     """Load a trained model; its fingerprint must match the current settings."""
-    blob = load_checkpoint(path)
-    got = {k: v for k, v in blob["settings"].items() if k != "subject_seed"}
-    if got != scr_reg_settings(settings):
-        raise InputError(f"{METHOD} model {path} was trained with other settings than the config's")
+    blob = load_trained(path, scr_reg_settings(settings), f"{METHOD} model")
     model = SceneCoordinateNet(
         blob["base_channels"], blob["depth"], blob["scale_mm"], blob["geometry"]
     )

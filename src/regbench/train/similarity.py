@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from regbench.data.subject import Prepared
-from regbench.errors import InputError
 from regbench.geometry.poses import carm_params, carm_pose, perturb
 from regbench.geometry.priors import PosePrior
 from regbench.geometry.targets import pose_distance_sq, training_target
@@ -35,7 +32,7 @@ from regbench.models.residual import LatentResidual
 from regbench.models.similarity import SimilarityGeometry, SimilarityModel, resize_images
 from regbench.models.variants import VARIANTS
 from regbench.optim.lm import damped_step, levenberg_marquardt, pose_residual
-from regbench.train.checkpoint import TrainingState, load_checkpoint
+from regbench.train.checkpoint import TrainingState, load_trained
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +194,9 @@ def run_similarity_training(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["steps"])
     state = TrainingState(model, optimizer, scheduler, generator, fp_settings)
-    partial = out.with_suffix(".partial")
-    t0 = time.perf_counter() - state.resume(partial, log)
-    model.train()
     regressor.eval()
-    for _ in tqdm(range(state.step, cfg["steps"]), desc=variant, mininterval=5):
+
+    def step_loss() -> tuple[torch.Tensor, str]:
         setup = setup_for_step(generator)
         pose_gt = carm_pose(*train_prior.sample_params(cfg["batch_size"], generator))
         xrays, bone = setup.training_xrays().sample_with_bone(pose_gt, generator)
@@ -221,32 +216,28 @@ def run_similarity_training(
         estimate = residual.bone
         contrast_loss = ((estimate.log() - bone.to(estimate).log()) ** 2).mean()
         total = loss + cfg["lm_loss_weight"] * lm_loss + cfg["contrast_loss_weight"] * contrast_loss
-        optimizer.zero_grad()
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
-        scheduler.step()
-        seconds = time.perf_counter() - t0
-        if state.end_step(total.item(), seconds, cfg["checkpoint_every"], cfg["steps"], partial):
-            log.info(
-                "%s step %d loss %.4f (matching %.4f, unrolled LM %.3f mm, contrast %.4f)",
-                variant,
-                state.step,
-                total.item(),
-                loss.item(),
-                lm_loss.item(),
-                contrast_loss.item(),
-            )
+        detail = (
+            f" (matching {loss.item():.4f}, unrolled LM {lm_loss.item():.3f} mm,"
+            f" contrast {contrast_loss.item():.4f})"
+        )
+        return total, detail
+
+    state.run(
+        step_loss,
+        total=cfg["steps"],
+        every=cfg["checkpoint_every"],
+        partial=out.with_suffix(".partial"),
+        log=log,
+        desc=variant,
+        clip_norm=10.0,
+    )
     state.finish(out, log_csv, {"variant": variant})
     return model
 
 
 def load_similarity(path: str | Path, variant: str, settings: dict, device) -> SimilarityModel:
     """Load a trained similarity model; refuse one trained for other settings or variant."""
-    blob = load_checkpoint(path)
-    got = {k: v for k, v in blob["settings"].items() if k != "subject_seed"}
-    if got != similarity_settings(settings, variant):
-        raise InputError(f"similarity model {path} was trained with other settings or variant")
+    blob = load_trained(path, similarity_settings(settings, variant), f"{variant} similarity model")
     model = build_similarity_model(variant, settings["similarity"])
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval()

@@ -8,6 +8,8 @@ case ids of the official data_split.txt.
 
 from __future__ import annotations
 
+import json
+import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
@@ -21,7 +23,11 @@ if TYPE_CHECKING:
     from regbench.data.prepare import PreparedSubject
 
 REPO = "alexanderdann/CTSpine1K"
-REVISION = "main"  # pin a commit of the dataset repo here to freeze the files
+REVISION = "main"  # the config's `revision` default; a commit freezes the files
+# The commit the first download resolved `revision` to; later downloads into the same data
+# folder ask for that commit, so one folder never mixes files of two revisions.
+REVISION_LOCK = "revision.lock.json"
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 URL_TEMPLATE = (
     "https://huggingface.co/datasets/{repo}/resolve/{revision}/raw_data/{kind}/{subset}/{file}"
 )
@@ -77,13 +83,20 @@ class CTSpine1K(SimulatedDataset):
         revision: str = "main",
         progress: bool = True,
     ) -> Path:
-        from regbench.data.download import download
+        from regbench.data.download import discard, download, recorded_commit
 
         root = Path(root).expanduser().absolute()
-        match = [s for s in case_sources([_case_of(file)], revision=revision) if s.filename == file]
+        asked = locked_revision(root, revision)
+        match = [s for s in case_sources([_case_of(file)], revision=asked) if s.filename == file]
         if not match:
             raise InputError(f"ctspine1k has no raw file '{file}'")
-        return download(match[0], root / file, sha256=sha256, progress=progress)
+        path = download(match[0], root / file, sha256=sha256, progress=progress)
+        try:
+            lock_revision(root, revision, asked, recorded_commit(path))
+        except InputError:
+            discard(path)  # not of the folder's revision: never leave it looking verified
+            raise
+        return path
 
     def prepare(
         self, subject: str, spec: Mapping, *, seed: int, source: str | None
@@ -91,6 +104,59 @@ class CTSpine1K(SimulatedDataset):
         if not source:
             raise InputError("dataset 'ctspine1k' needs --source (its data folder)")
         return prepare_case(source, subject, spec["spacing_mm"], spec["min_label_voxels"])
+
+
+def _read_lock(root: Path) -> str | None:
+    lock = root / REVISION_LOCK
+    if not lock.is_file():
+        return None
+    try:
+        commit = json.loads(lock.read_text()).get("commit", "")
+    except (OSError, ValueError, AttributeError):
+        commit = ""
+    if not _COMMIT.fullmatch(str(commit)):
+        raise InputError(f"{lock} does not name a 40-hex commit; delete it to lock again")
+    return str(commit)
+
+
+def locked_revision(root: str | Path, revision: str) -> str:
+    """The revision to ask for: the folder's locked commit where there is one. A config pinning
+    another commit than the lock is refused (the folder holds files of the locked one)."""
+    root = Path(root)
+    locked = _read_lock(root)
+    if locked is None:
+        return revision
+    if _COMMIT.fullmatch(revision) and revision != locked:
+        raise InputError(
+            f"datasets.ctspine1k.revision is {revision} but {root / REVISION_LOCK} locks the"
+            f" files there at {locked}; use that commit, or move the folder's files and the"
+            " lock away to download the other revision"
+        )
+    return locked
+
+
+def lock_revision(root: str | Path, revision: str, asked: str, commit: str | None) -> None:
+    """Write the lock on the first download: the commit the host named (a branch resolved),
+    else the configured commit itself. A host naming another commit than the one asked for
+    is an error (the file would not be the pinned one)."""
+    from regbench.io import write_json
+
+    root = Path(root)
+    if commit is not None and _COMMIT.fullmatch(asked) and commit != asked:
+        raise InputError(
+            f"the Hub answered commit {commit} for revision {asked} ({REPO}); the files in"
+            f" {root} would mix revisions"
+        )
+    commit = commit or (asked if _COMMIT.fullmatch(asked) else None)
+    existing = _read_lock(root)
+    if commit is not None and existing is not None and commit != existing:
+        raise InputError(  # another download locked the folder while this one ran
+            f"a file downloaded into {root} comes from commit {commit}, but"
+            f" {root / REVISION_LOCK} locks the folder at {existing}; run the download again"
+        )
+    if commit is None or existing is not None:
+        return
+    write_json({"repo": REPO, "revision": revision, "commit": commit}, root / REVISION_LOCK)
 
 
 def split_case(case_id: str) -> tuple[str, str]:
