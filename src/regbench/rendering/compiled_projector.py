@@ -20,8 +20,11 @@ What differs from :class:`FeatureProjector`:
 
 * CPU only; volumes are float32 or float64 (the kernel computes in the volume's dtype; poses
   are cast to it, as :class:`FeatureProjector` does).
-* The volume is a constant: a volume that requires grad (with grad mode on) is rejected with a
-  ``ValueError`` (use :class:`FeatureProjector` to differentiate w.r.t. the volume).
+* A prepared volume (:meth:`FastProjector.prepare`) is a constant. A tensor that requires grad,
+  rendered as it is, is differentiated once: the gradient w.r.t. its voxels comes from an
+  adjoint kernel (each ray's incoming gradient scattered onto its samples' eight corners with
+  the trilinear weights, parallel over channels), so learned feature volumes train through this
+  projector too.
 * Poses are differentiable once: :meth:`FastProjector.forward` backpropagates to the pose
   through the per-ray gradient sums (kernel with gradients in the forward pass, a few tensor
   ops in the backward pass). No double backward, no forward-mode autodiff (``pose_jacobian``
@@ -69,6 +72,9 @@ class FastVolume:
     """
 
     volume: torch.Tensor  # (B,C,X,Y,Z), CPU, float32 or float64, no grad; the layouts' source
+    # The tensor ``volume`` was detached from when the volume is to be differentiated (a volume
+    # rendered once, e.g. features in training); None for a constant.
+    source: torch.Tensor | None = field(default=None, repr=False, compare=False)
     _layouts: dict[int, tuple[np.ndarray, tuple[int, int, int, int]]] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -97,7 +103,7 @@ class FastVolume:
 
     @property
     def requires_grad(self) -> bool:
-        return False
+        return self.source is not None and self.source.requires_grad
 
     def layout(self, axis: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         """The padded channel-last voxels with spatial ``axis`` (0, 1, 2) contiguous after the
@@ -113,6 +119,15 @@ class FastVolume:
             per_volume = data.stride(0) if b > 1 else 0
             self._layouts[axis] = (data.reshape(-1).numpy(), (*strides, per_volume))
         return self._layouts[axis]
+
+    def from_layout(self, flat: np.ndarray, axis: int) -> torch.Tensor:
+        """The inverse of :meth:`layout` for an array of its size (a gradient w.r.t. the
+        padded voxels): the interior as (B,C,X,Y,Z); the padding is dropped."""
+        order = [*(a for a in range(3) if a != axis), axis]
+        b, c = self.volume.shape[:2]
+        data = torch.from_numpy(flat).reshape(b, *(self.shape[a] + 2 * _PAD for a in order), c)
+        interior = data[(slice(None), *([slice(_PAD, -_PAD)] * 3))]
+        return interior.permute(0, 4, *(1 + order.index(a) for a in range(3)))
 
 
 class FastProjector(FeatureProjector):
@@ -163,6 +178,9 @@ class FastProjector(FeatureProjector):
             return volume
         if isinstance(volume, VolumeTable):
             raise ValueError("FastProjector takes a FastVolume (FastProjector.prepare)")
+        if volume.requires_grad and torch.is_grad_enabled():  # rendered once, differentiated
+            batched = _as_batched_volume(_checked_volume(volume))
+            return FastVolume(batched.detach(), source=batched)
         return FastVolume(_constant_volume(volume))  # used at once: no copy
 
     def _ray_sums(
@@ -178,20 +196,29 @@ class FastProjector(FeatureProjector):
         if with_gradient:  # forward_and_jacobian: values and gradient sums, no autograd
             alphas = sample_alphas(lo.detach(), hi.detach(), n_points)
             return _march(volume, src.detach(), tgt.detach(), alphas, True)
-        return _RaySums.apply(src, tgt, lo, hi, n_points, volume)
+        source = volume.source if volume.requires_grad else None
+        return _RaySums.apply(src, tgt, lo, hi, n_points, volume, source)
 
 
 class _RaySums(torch.autograd.Function):
     """Per-ray value sums (N*R,1,C), differentiable w.r.t. the voxel-space ray end points
-    src (N,1,3) and tgt (N,R,3) and the alpha range lo, hi (N,1): a sample at
-    ``src + alpha (tgt - src)`` moves by ``(1 - alpha) d_src + alpha d_tgt``, so the sums'
-    gradients are ``g0 - g1`` and ``g1``; moving lo or hi slides the samples along the ray
-    (:func:`~regbench.rendering.torch_projector.range_derivatives`, from the same sums)."""
+    src (N,1,3) and tgt (N,R,3), the alpha range lo, hi (N,1) and, when given, the volume's
+    ``source`` (B,C,X,Y,Z). A sample at ``src + alpha (tgt - src)`` moves by
+    ``(1 - alpha) d_src + alpha d_tgt``, so the sums' gradients are ``g0 - g1`` and ``g1``;
+    moving lo or hi slides the samples along the ray
+    (:func:`~regbench.rendering.torch_projector.range_derivatives`, from the same sums). The sums
+    are linear in the voxels: their gradient w.r.t. the volume scatters each ray's incoming
+    gradient onto the eight corners of its samples with the trilinear weights (the adjoint,
+    :func:`_scatter`)."""
 
     @staticmethod
-    def forward(ctx, src, tgt, lo, hi, n_points, volume):
+    def forward(ctx, src, tgt, lo, hi, n_points, volume, source):
         alphas = sample_alphas(lo.detach(), hi.detach(), n_points)
-        if not any(ctx.needs_input_grad[:4]):
+        ctx.volume = volume
+        ctx.pose_grad = any(ctx.needs_input_grad[:4])
+        if ctx.needs_input_grad[6]:
+            ctx.rays = (src.detach(), tgt.detach(), alphas)
+        if not ctx.pose_grad:
             return _march(volume, src, tgt, alphas, False)
         out = _march(volume, src, tgt, alphas, True)  # (N*R, 7, C)
         ctx.save_for_backward(out[:, 1:], src, tgt, lo, hi)
@@ -200,12 +227,16 @@ class _RaySums(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
+        d_src = d_tgt = d_lo = d_hi = d_source = None
+        if ctx.needs_input_grad[6]:
+            d_source = _adjoint(ctx.volume, *ctx.rays, grad_out[:, 0])
+        if not ctx.pose_grad:
+            return d_src, d_tgt, d_lo, d_hi, None, None, d_source
         grads, src, tgt, lo, hi = ctx.saved_tensors  # grads (N*R, 6, C): g0, then alpha-weighted
         n, r, _ = tgt.shape
         g0, g1 = grads[:, :3], grads[:, 3:]
         d_tgt = (g1 * grad_out).sum(-1).reshape(n, r, 3)
         d_src = ((g0 - g1) * grad_out).sum(-1).reshape(n, r, 3).sum(1, keepdim=True)
-        d_lo = d_hi = None
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
             # (N,R,C,3) gradient sums against (N,R,1,3) ray directions, per pose's lo and hi.
             by_lo, by_hi = range_derivatives(
@@ -218,38 +249,39 @@ class _RaySums(torch.autograd.Function):
             weight = grad_out.reshape(n, r, -1)
             d_lo = (by_lo * weight).sum((1, 2))[:, None]
             d_hi = (by_hi * weight).sum((1, 2))[:, None]
-        return d_src, d_tgt, d_lo, d_hi, None, None
+        return d_src, d_tgt, d_lo, d_hi, None, None, d_source
 
 
-def _constant_volume(volume: torch.Tensor) -> torch.Tensor:
-    """The volume as (B,C,X,Y,Z), detached, after checking that the kernels can render it."""
-    if volume.requires_grad and torch.is_grad_enabled():
-        raise ValueError(
-            "FastProjector treats the volume as a constant, but it requires grad; use "
-            "FeatureProjector to differentiate w.r.t. the volume (or detach it)"
-        )
+def _checked_volume(volume: torch.Tensor) -> torch.Tensor:
+    """``volume`` itself, after checking that the kernels can render it."""
     if volume.device.type != "cpu":
         raise ValueError(f"FastProjector runs on the CPU, got a volume on {volume.device}")
     if volume.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"volume must be float32 or float64, got {volume.dtype}")
-    return _as_batched_volume(volume.detach())
+    return volume
 
 
-def _march(
-    volume: FastVolume,
-    src: torch.Tensor,
-    tgt: torch.Tensor,
-    alphas: torch.Tensor,
-    with_gradient: bool,
-) -> torch.Tensor:
-    """Run a kernel: (N*R,1,C) value sums, or (N*R,7,C) with the gradient sums g0, g1."""
+def _constant_volume(volume: torch.Tensor) -> torch.Tensor:
+    """The volume as (B,C,X,Y,Z), detached, for repeated rendering as a constant."""
+    if volume.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            "FastProjector.prepare keeps the volume as a constant, but it requires grad; render"
+            " the tensor itself to differentiate w.r.t. it (or detach it)"
+        )
+    return _as_batched_volume(_checked_volume(volume).detach())
+
+
+def _kernel_args(volume: FastVolume, src: torch.Tensor, tgt: torch.Tensor, alphas: torch.Tensor):
+    """What the kernels take for rays src (N,1,3) -> tgt (N,R,3) sampled at alphas (N,P): the
+    layout's axis, then (flat, layout, sizes, src, tgt, alphas, lo, step, bounds)."""
     dtype = volume.dtype
     if not all(torch.isfinite(t).all() for t in (src, tgt, tgt - src, alphas)):
         raise ValueError("non-finite ray end points or sample positions (is the pose finite?)")
-    n, r = tgt.shape[:2]
+    n = tgt.shape[0]
     p = alphas.shape[1]
     # The volume axis the rays run along most, to be the contiguous one.
-    flat, layout = volume.layout(int((tgt - src).abs().sum(dim=(0, 1)).argmax()))
+    axis = int((tgt - src).abs().sum(dim=(0, 1)).argmax())
+    flat, layout = volume.layout(axis)
     sizes = tuple(d + 2 * _PAD for d in volume.shape)
     # Padded voxel coordinates (the kernels index the padded volume).
     src_p = (src.reshape(n, 3).to(dtype) + _PAD).contiguous().numpy()
@@ -260,11 +292,39 @@ def _march(
     step = ((a[:, -1] - a[:, 0]) / (p - 1)).contiguous().numpy()
     # The clamp of FeatureProjector's _integrate, in padded voxel coordinates.
     bounds = np.array([[0.5] * 3, [d + _PAD + 0.5 for d in volume.shape]], dtype=flat.dtype)
-    out = np.zeros((n * r, 7 if with_gradient else 1, volume.channels), dtype=flat.dtype)
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    return axis, (flat, layout, sizes, src_p, tgt_p, alphas_np, lo, step, bounds)
+
+
+def _march(
+    volume: FastVolume,
+    src: torch.Tensor,
+    tgt: torch.Tensor,
+    alphas: torch.Tensor,
+    with_gradient: bool,
+) -> torch.Tensor:
+    """Run a kernel: (N*R,1,C) value sums, or (N*R,7,C) with the gradient sums g0, g1."""
+    _, args = _kernel_args(volume, src, tgt, alphas)
+    n_rays = tgt.shape[0] * tgt.shape[1]
+    out = np.zeros((n_rays, 7 if with_gradient else 1, volume.channels), dtype=args[0].dtype)
     kernel = _values_and_gradients if with_gradient else _values
-    kernel(flat, layout, sizes, src_p, tgt_p, alphas_np, lo, step, bounds, out)
+    kernel(*args, out)
     return torch.from_numpy(out)
+
+
+def _adjoint(
+    volume: FastVolume,
+    src: torch.Tensor,
+    tgt: torch.Tensor,
+    alphas: torch.Tensor,
+    grad: torch.Tensor,
+) -> torch.Tensor:
+    """Gradient (B,C,X,Y,Z) of ``sum(grad * value sums)`` w.r.t. the volume, grad (N*R,C)."""
+    axis, args = _kernel_args(volume, src, tgt, alphas)
+    flat = args[0]
+    out = np.zeros_like(flat)
+    _scatter(out, *args[1:], grad.to(volume.dtype).contiguous().numpy())
+    return volume.from_layout(out, axis)
 
 
 # ---------------------------------------------------------------------- kernels
@@ -424,3 +484,45 @@ def _values_and_gradients(flat, layout, sizes, src, tgt, alphas, lo, step, bound
             out[ray, 4, c] = gx1
             out[ray, 5, c] = gy1
             out[ray, 6, c] = gz1
+
+
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _scatter(out, layout, sizes, src, tgt, alphas, lo, step, bounds, grad):
+    """The adjoint of :func:`_values`: out[corner] += grad[ray, c] * its trilinear weight, for
+    the eight corners of every sample of every ray; out is laid out like the volume (zeros).
+    Parallel over channels (each writes only its own elements; rays of one channel in
+    order), so no two threads add to one element."""
+    n, r = tgt.shape[0], tgt.shape[1]
+    p, nc = alphas.shape[1], grad.shape[1]
+    ox, oy, oz = np.uint64(layout[0]), np.uint64(layout[1]), np.uint64(layout[2])
+    per_volume = np.uint64(layout[3])
+    for c in prange(nc):
+        for ray in range(n * r):
+            g = grad[ray, c]
+            if g == 0:
+                continue
+            i = ray // r
+            j = ray - i * r
+            s0, s1, s2 = src[i, 0], src[i, 1], src[i, 2]
+            d0, d1, d2 = tgt[i, j, 0] - s0, tgt[i, j, 1] - s1, tgt[i, j, 2] - s2
+            k0, k1 = _sample_range(src[i], tgt[i, j], lo[i], step[i], p, sizes)
+            base = np.uint64(i) * per_volume + np.uint64(c)
+            for k in range(k0, k1 + 1):
+                a = alphas[i, np.uint64(k)]
+                qx = _clamp(s0 + a * d0, bounds[0, 0], bounds[1, 0])
+                qy = _clamp(s1 + a * d1, bounds[0, 1], bounds[1, 1])
+                qz = _clamp(s2 + a * d2, bounds[0, 2], bounds[1, 2])
+                cx, cy, cz = np.floor(qx), np.floor(qy), np.floor(qz)
+                fx, fy, fz = qx - cx, qy - cy, qz - cz
+                o = base + np.uint64(int(cx)) * ox + np.uint64(int(cy)) * oy
+                o = o + np.uint64(int(cz)) * oz
+                gx0, gx1 = g * (1 - fx), g * fx
+                w00, w01, w10, w11 = gx0 * (1 - fy), gx0 * fy, gx1 * (1 - fy), gx1 * fy
+                out[o] += w00 * (1 - fz)
+                out[o + oz] += w00 * fz
+                out[o + oy] += w01 * (1 - fz)
+                out[o + oy + oz] += w01 * fz
+                out[o + ox] += w10 * (1 - fz)
+                out[o + ox + oz] += w10 * fz
+                out[o + ox + oy] += w11 * (1 - fz)
+                out[o + ox + oy + oz] += w11 * fz
