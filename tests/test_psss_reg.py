@@ -75,7 +75,7 @@ def test_network_shapes_and_its_pose_parameterization(prepared):
     torch.testing.assert_close(out.target.mean(dim=(-2, -1)), torch.zeros(2, 1), atol=1e-5, rtol=0)
     rot, trans = carm_params(true_pose()[None])
     pose = net.to_pose(net.normalise(rot, trans))
-    torch.testing.assert_close(pose[0], true_pose(), atol=1e-4, rtol=0)  # float32 targets
+    torch.testing.assert_close(pose[0], true_pose(), atol=1e-3, rtol=0)  # float32 targets
     assert net.predict(torch.rand(1, 1, 32, 32)).shape == (1, 4, 4)
     with pytest.raises(ValueError, match="do not split into 3 heads"):
         PSSSNet(NetShape(4, 3, 2, 3), prior)
