@@ -37,7 +37,8 @@ def test_default_plan_targets(default_config):
     assert plan.subjects == [("embedded", "chest")]
     assert plan.agnostic_subjects == [("embedded-cohort", "c04"), ("embedded-cohort", "c05")]
     # Listed but unimplemented methods get table rows, not jobs.
-    assert "psss-reg" in default_config["methods"] and "psss-reg" not in plan.run_methods
+    assert "sopi" in default_config["methods"] and "sopi" not in plan.run_methods
+    assert "psss-reg" in plan.run_methods  # a method with a model of its own
     assert plan.run_csvs()[0] == f"{plan.results}/embedded/chest/runs/{plan.run_methods[0]}.csv"
     outputs = plan.final_outputs()
     assert f"{plan.results}/tables/table1.md" in outputs
@@ -151,7 +152,7 @@ def test_report_helpers(default_config):
     assert not plan.names_configured(
         {"dataset": "embedded", "subject": "old", "method": "diffpose"}
     )
-    assert not plan.names_configured({"dataset": "embedded", "method": "psss-reg"})
+    assert not plan.names_configured({"dataset": "embedded", "method": "sopi"})
     assert alternatives([]) == "(?!)" and alternatives(["a.b"]) == r"a\.b"
 
 

@@ -21,13 +21,14 @@ _CLASSES: dict[str, str] = {
     "bobyqa": "regbench.methods.bobyqa:Bobyqa",
     "dflnet": "regbench.methods.dflnet:DFLNet",
     "scr-reg": "regbench.methods.scr_reg:SCRReg",
+    "psss-reg": "regbench.methods.psss_reg:PSSSReg",
     **{name: "regbench.methods.learned:LearnedSimilarity" for name in VARIANTS},
 }
 IMPLEMENTED: frozenset[str] = frozenset(_CLASSES)
 # Methods that learn a model of their own per subject (not a learned similarity): the class
 # provides ``train(prepared, settings, seed, out, log_csv, device)`` and
 # ``load_model(path, settings, device)``; `regbench train-method` writes models/{method}.pt.
-OWN_MODELS: frozenset[str] = frozenset({"dflnet", "scr-reg"})
+OWN_MODELS: frozenset[str] = frozenset({"dflnet", "scr-reg", "psss-reg"})
 
 # Every method of the paper's tables; those not in IMPLEMENTED get a "not implemented" row.
 ALL_METHODS: tuple[str, ...] = (

@@ -96,11 +96,11 @@ class Method:
 
     def register(self, image: torch.Tensor, init: torch.Tensor | None = None) -> Result:
         """(1,1,H,W) X-ray -> estimated pose; the clock starts before initialisation. ``init``
-        (4,4) replaces the regressor's estimate (a single registration started from the view
+        (4,4) replaces :meth:`initial_pose`'s estimate (a single registration started from the view
         its DICOM header gives)."""
         trace = Trace()
         if init is None:
-            init = self.context.regressor.predict(image.to(self.context.renderer.device))[0].cpu()
+            init = self.initial_pose(image)
         else:  # the regressor's dtype and layout
             init = init.reshape(4, 4).to(torch.float32)
         trace.record(0, init)
@@ -111,6 +111,11 @@ class Method:
         if not torch.isfinite(pose).all():
             return Result(init, iterations, "failed", trace, "non-finite pose")
         return Result(pose, iterations, "ok", trace)
+
+    def initial_pose(self, image: torch.Tensor) -> torch.Tensor:
+        """(4,4) start of :meth:`refine`: the shared regressor's estimate, unless the method
+        has an initialiser of its own (psss-reg's network)."""
+        return self.context.regressor.predict(image.to(self.context.renderer.device))[0].cpu()
 
     def refine(
         self, image: torch.Tensor, init: torch.Tensor, trace: Trace

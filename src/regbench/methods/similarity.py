@@ -1,9 +1,12 @@
-"""The intensity similarity of the optimisation baselines: diffdrr's multiscale NCC."""
+"""The intensity similarities of the optimisation baselines: diffdrr's (multiscale) NCC."""
 
 from __future__ import annotations
 
 import torch
-from diffdrr.metrics import MultiscaleNormalizedCrossCorrelation2d
+from diffdrr.metrics import (
+    MultiscaleNormalizedCrossCorrelation2d,
+    NormalizedCrossCorrelation2d,
+)
 
 
 class BorderedSimilarity(torch.nn.Module):
@@ -29,3 +32,10 @@ def multiscale_ncc(patch_size: int, border_px: int = 0) -> BorderedSimilarity:
     """DiffPose's objective: global NCC and local NCC on ``patch_size`` patches, 0.5/0.5."""
     metric = MultiscaleNormalizedCrossCorrelation2d([None, patch_size], [0.5, 0.5])
     return BorderedSimilarity(metric, border_px)
+
+
+def zncc(border_px: int = 0) -> BorderedSimilarity:
+    """PSSS-reg's objective: the zero-normalised cross-correlation of the whole images. The
+    authors' ZNCC instance-normalises both images (biased variance, eps 1e-5) and averages
+    their product, which is diffdrr's global NCC; their loss is ``1 - ZNCC``."""
+    return BorderedSimilarity(NormalizedCrossCorrelation2d(), border_px)
