@@ -13,18 +13,15 @@ decay), resumable and fingerprinted through :class:`~regbench.train.checkpoint.T
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from regbench.data.subject import Prepared
-from regbench.errors import InputError
 from regbench.geometry.poses import carm_pose
 from regbench.geometry.priors import PosePrior
 from regbench.models.psss_net import NetShape, PSSSNet
-from regbench.train.checkpoint import TrainingState, load_checkpoint
+from regbench.train.checkpoint import TrainingState, load_trained
 from regbench.train.xray_domain import TrainingXrays
 
 log = logging.getLogger(__name__)
@@ -97,25 +94,25 @@ def train_psss_reg(
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["steps"])
     state = TrainingState(model, optimizer, scheduler, generator, fp_settings)
-    partial = out.with_suffix(".partial")
-    t0 = time.perf_counter() - state.resume(partial, log)
-    model.train()
-    for _ in tqdm(range(state.step, cfg["steps"]), desc=METHOD, mininterval=5):
+
+    def step_loss() -> torch.Tensor:
         prior = curriculum_prior(settings["prior"], cfg, state.step)
         rot, trans = prior.sample_params(cfg["batch_size"], generator)
         images = xrays.sample(carm_pose(rot, trans), generator)
         output = model(images.to(device))
         loss = pose_loss(output.params, model.normalise(rot, trans).to(device))
-        loss = loss + cfg["reconstruction_weight"] * reconstruction_loss(
+        return loss + cfg["reconstruction_weight"] * reconstruction_loss(
             output.reconstruction, output.target
         )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        seconds = time.perf_counter() - t0
-        if state.end_step(loss.item(), seconds, cfg["checkpoint_every"], cfg["steps"], partial):
-            log.info("step %d loss %.4f", state.step, loss.item())
+
+    state.run(
+        step_loss,
+        total=cfg["steps"],
+        every=cfg["checkpoint_every"],
+        partial=out.with_suffix(".partial"),
+        log=log,
+        desc=METHOD,
+    )
     extra = {"geometry": dict(prepared.geometry), "steps": cfg["steps"]}
     state.finish(out, log_csv, extra)
     return model
@@ -123,10 +120,7 @@ def train_psss_reg(
 
 def load_psss_reg(path: str | Path, settings: dict, device: torch.device) -> PSSSNet:
     """Load a trained model; refused when it was trained under other settings."""
-    blob = load_checkpoint(path)
-    got = {k: v for k, v in blob["settings"].items() if k != "subject_seed"}
-    if got != psss_reg_settings(settings):
-        raise InputError(f"{METHOD} model {path} was trained with other settings than the config's")
+    blob = load_trained(path, psss_reg_settings(settings), f"{METHOD} model")
     cfg = settings[METHOD]["training"]
     model = PSSSNet(net_shape(cfg), PosePrior.from_config(settings["prior"]), blob["geometry"])
     model.load_state_dict(blob["state_dict"])
