@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from regbench import evaluate
-from regbench.methods.base import Trace
+from regbench.methods.base import RegistrationFailed, Trace
 from regbench.rendering.torch_projector import FeatureProjector
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def drift_from_truth(subject_dir: Path, n_xrays: int) -> list[dict]:
         if name in NO_REFINER:
             continue
         models = subject_dir / "models"
-        similarity = models / f"similarity-{name}.pt"
+        similarity, own = models / f"similarity-{name}.pt", models / f"{name}.pt"
         prepared, xrays, context = registration_context(
             subject_dir / "prepared",
             subject_dir / "xrays",
@@ -72,12 +72,17 @@ def drift_from_truth(subject_dir: Path, n_xrays: int) -> list[dict]:
             similarity if similarity.is_file() else None,
             settings,
             name,
+            own if own.is_file() else None,  # a method's own model (landmarks, coordinates)
         )
         method = build_method(name, context)
         axis = depth_axis(context.renderer.drr)
         for i in range(min(n_xrays, len(xrays))):
             gt = xrays.poses[i].double()
-            pose, _ = method.refine(xrays.images[i : i + 1], gt.clone(), Trace())
+            try:
+                pose, _ = method.refine(xrays.images[i : i + 1], gt.clone(), Trace())
+            except RegistrationFailed as exc:  # counted as in the tables: no pose, no drift
+                log.info("%s %s: no pose (%s)", name, xrays.ids[i], exc)
+                continue
             mtre, depth, in_plane = landmark_errors(
                 pose.detach().numpy(), gt.numpy(), prepared.points, axis
             )

@@ -121,3 +121,36 @@ class Method:
         self, image: torch.Tensor, init: torch.Tensor, trace: Trace
     ) -> tuple[torch.Tensor, int]:
         raise NotImplementedError
+
+
+class OwnModelMethod(Method):
+    """A method that registers with a model of its own, trained per subject on its DRRs
+    (``regbench train-method``). Subclasses name their trainer, ``train(prepared, settings,
+    seed, out, log_csv, device)``, and loader, ``load(path, settings, device)``, as
+    ``"module:function"``: imported on use, so the registry stays cheap to read."""
+
+    trainer: str = ""
+    loader: str = ""
+
+    @classmethod
+    def train(
+        cls,
+        prepared: Prepared,
+        settings: dict,
+        seed: int,
+        out: Path,
+        log_csv: Path,
+        device: torch.device,
+    ) -> None:
+        _function(cls.trainer)(prepared, settings, seed, out, log_csv, device)
+
+    @classmethod
+    def load_model(cls, path: str | Path, settings: dict, device: torch.device) -> torch.nn.Module:
+        return _function(cls.loader)(path, settings, device)
+
+
+def _function(spec: str):
+    from importlib import import_module
+
+    module, name = spec.split(":")
+    return getattr(import_module(module), name)

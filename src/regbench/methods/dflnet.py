@@ -9,38 +9,19 @@ subject's intrinsics turns them into the pose. The regressor's start is not used
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from regbench.data.subject import Prepared
 from regbench.geometry.pnp import pose_from_correspondences
-from regbench.methods.base import Method, RegistrationFailed, Trace
+from regbench.methods.base import OwnModelMethod, RegistrationFailed, Trace
 from regbench.models.landmark_net import peak_confidence
 
 
-class DFLNet(Method):
+class DFLNet(OwnModelMethod):
     name = "dflnet"
 
-    @staticmethod
-    def train(
-        prepared: Prepared,
-        settings: dict,
-        seed: int,
-        out: Path,
-        log_csv: Path,
-        device: torch.device,
-    ) -> None:
-        from regbench.train.dflnet import train_dflnet
-
-        train_dflnet(prepared, settings, seed, out, log_csv, device)
-
-    @staticmethod
-    def load_model(path: str | Path, settings: dict, device: torch.device) -> torch.nn.Module:
-        from regbench.train.dflnet import load_dflnet
-
-        return load_dflnet(path, settings, device)
+    trainer = "regbench.train.dflnet:train_dflnet"
+    loader = "regbench.train.dflnet:load_dflnet"
 
     def refine(
         self, image: torch.Tensor, init: torch.Tensor, trace: Trace

@@ -12,34 +12,19 @@ parameterization, as DiffPose's; the X-rays' collimator border is left out of th
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from regbench.data.subject import Prepared
 from regbench.geometry.poses import carm_params, carm_pose
-from regbench.methods.base import Method, Trace
+from regbench.methods.base import OwnModelMethod, Trace
 from regbench.methods.similarity import zncc
-from regbench.train.psss_reg import METHOD, load_psss_reg, train_psss_reg
+from regbench.train.psss_reg import METHOD
 
 
-class PSSSReg(Method):
+class PSSSReg(OwnModelMethod):
     name = METHOD
 
-    @staticmethod
-    def train(
-        prepared: Prepared,
-        settings: dict,
-        seed: int,
-        out: Path,
-        log_csv: Path,
-        device: torch.device,
-    ) -> None:
-        train_psss_reg(prepared, settings, seed, out, log_csv, device)
-
-    @staticmethod
-    def load_model(path: str | Path, settings: dict, device: torch.device) -> torch.nn.Module:
-        return load_psss_reg(path, settings, device)
+    trainer = "regbench.train.psss_reg:train_psss_reg"
+    loader = "regbench.train.psss_reg:load_psss_reg"
 
     def initial_pose(self, image: torch.Tensor) -> torch.Tensor:
         """The subject's own network's estimate (the paper's pipeline)."""

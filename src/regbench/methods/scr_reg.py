@@ -13,35 +13,21 @@ left out.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 
-from regbench.data.subject import Prepared
 from regbench.geometry.pnp import MIN_POINTS, pose_from_correspondences
-from regbench.methods.base import Method, RegistrationFailed, Trace
+from regbench.methods.base import OwnModelMethod, RegistrationFailed, Trace
 from regbench.models.heatmaps import pixel_centres
 from regbench.models.scene_coordinates import split_outputs
-from regbench.train.scr_reg import METHOD, load_scr_reg, train_scr_reg
+from regbench.train.scr_reg import METHOD
 
 
-class SCRReg(Method):
+class SCRReg(OwnModelMethod):
     name = METHOD
 
-    @staticmethod
-    def train(
-        prepared: Prepared,
-        settings: dict,
-        seed: int,
-        out: Path,
-        log_csv: Path,
-        device: torch.device,
-    ) -> None:
-        train_scr_reg(prepared, settings, seed, out, log_csv, device)
-
-    @staticmethod
-    def load_model(path: str | Path, settings: dict, device: torch.device) -> torch.nn.Module:
-        return load_scr_reg(path, settings, device)
+    trainer = "regbench.train.scr_reg:train_scr_reg"
+    loader = "regbench.train.scr_reg:load_scr_reg"
 
     def refine(
         self, image: torch.Tensor, init: torch.Tensor, trace: Trace

@@ -92,17 +92,17 @@ class TrainingState:
     def run(
         self,
         step_loss: Callable[[], torch.Tensor | tuple[torch.Tensor, str]],
-        *,
-        total: int,
-        every: int,
-        partial: Path,
+        cfg: dict,
+        out: Path,
         log,
         desc: str,
         clip_norm: float | None = None,
     ) -> None:
-        """Resume from ``partial`` and train up to step ``total``: each step ``step_loss()``
-        draws its batch and returns the loss (or the loss and a detail for the log line), then
-        one optimiser and scheduler step; the resumable state is saved every ``every`` steps."""
+        """Resume from ``out.with_suffix('.partial')`` and train up to step ``cfg["steps"]``:
+        each step ``step_loss()`` draws its batch and returns the loss (or the loss and a detail
+        for the log line), then one optimiser and scheduler step; the resumable state is saved
+        every ``cfg["checkpoint_every"]`` steps."""
+        total, every, partial = cfg["steps"], cfg["checkpoint_every"], out.with_suffix(".partial")
         t0 = time.perf_counter() - self.resume(partial, log)
         self.model.train()
         for _ in tqdm(range(self.step, total), desc=desc, mininterval=5):

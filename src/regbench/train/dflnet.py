@@ -65,14 +65,7 @@ def train_dflnet(
         target, visible = landmark_labels(poses.numpy(), points, geometry, cfg["sigma_px"])
         return heatmap_loss(model(images.to(device)), target.to(device), visible.to(device))
 
-    state.run(
-        step_loss,
-        total=cfg["steps"],
-        every=cfg["checkpoint_every"],
-        partial=out.with_suffix(".partial"),
-        log=log,
-        desc="dflnet",
-    )
+    state.run(step_loss, cfg, out, log, "dflnet")
     extra = {"points": points.tolist(), "geometry": dict(geometry), "steps": cfg["steps"]}
     state.finish(out, log_csv, extra)
     return model

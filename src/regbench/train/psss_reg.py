@@ -105,14 +105,7 @@ def train_psss_reg(
             output.reconstruction, output.target
         )
 
-    state.run(
-        step_loss,
-        total=cfg["steps"],
-        every=cfg["checkpoint_every"],
-        partial=out.with_suffix(".partial"),
-        log=log,
-        desc=METHOD,
-    )
+    state.run(step_loss, cfg, out, log, METHOD)
     extra = {"geometry": dict(prepared.geometry), "steps": cfg["steps"]}
     state.finish(out, log_csv, extra)
     return model

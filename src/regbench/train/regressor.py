@@ -73,14 +73,7 @@ def run_regressor_training(
         target = model.normalise(rot, trans).to(device)
         return torch.nn.functional.mse_loss(model(images.to(device)), target)
 
-    state.run(
-        step_loss,
-        total=cfg["steps"],
-        every=cfg["checkpoint_every"],
-        partial=out.with_suffix(".partial"),
-        log=log,
-        desc="regressor",
-    )
+    state.run(step_loss, cfg, out, log, "regressor")
     state.finish(out, log_csv, {"backbone": cfg["backbone"], "steps": cfg["steps"]})
     return model
 

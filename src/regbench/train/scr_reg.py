@@ -112,14 +112,7 @@ def train_scr_reg(
         images, labels = data.sample(carm_pose(rot, trans), generator)
         return heteroscedastic_loss(model(images.to(device)), labels.to(device), model.scale_mm)
 
-    state.run(
-        step_loss,
-        total=cfg["steps"],
-        every=cfg["checkpoint_every"],
-        partial=out.with_suffix(".partial"),
-        log=log,
-        desc=METHOD,
-    )
+    state.run(step_loss, cfg, out, log, METHOD)
     extra = {
         "base_channels": cfg["base_channels"],
         "depth": cfg["depth"],

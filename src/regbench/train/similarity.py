@@ -222,15 +222,7 @@ def run_similarity_training(
         )
         return total, detail
 
-    state.run(
-        step_loss,
-        total=cfg["steps"],
-        every=cfg["checkpoint_every"],
-        partial=out.with_suffix(".partial"),
-        log=log,
-        desc=variant,
-        clip_norm=10.0,
-    )
+    state.run(step_loss, cfg, out, log, variant, clip_norm=10.0)
     state.finish(out, log_csv, {"variant": variant})
     return model
 
