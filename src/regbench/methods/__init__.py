@@ -75,8 +75,13 @@ def needs_own_model(name: str) -> bool:
 
 def method_class(name: str) -> type[Method]:
     check_method(name)
-    module, cls = _CLASSES[name].split(":")
-    return getattr(import_module(module), cls)
+    return resolve(_CLASSES[name])
+
+
+def resolve(spec: str):
+    """The object a ``"module:name"`` spec names, its module imported on use."""
+    module, name = spec.split(":")
+    return getattr(import_module(module), name)
 
 
 def build_method(name: str, context: Context) -> Method:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from regbench.data.subject import Prepared
+from regbench.methods import resolve
 from regbench.models.regressor import PoseRegressor
 from regbench.rendering.renderer import Renderer, make_renderer
 
@@ -142,15 +143,8 @@ class OwnModelMethod(Method):
         log_csv: Path,
         device: torch.device,
     ) -> None:
-        _function(cls.trainer)(prepared, settings, seed, out, log_csv, device)
+        resolve(cls.trainer)(prepared, settings, seed, out, log_csv, device)
 
     @classmethod
     def load_model(cls, path: str | Path, settings: dict, device: torch.device) -> torch.nn.Module:
-        return _function(cls.loader)(path, settings, device)
-
-
-def _function(spec: str):
-    from importlib import import_module
-
-    module, name = spec.split(":")
-    return getattr(import_module(module), name)
+        return resolve(cls.loader)(path, settings, device)

@@ -24,6 +24,7 @@ from torch import nn
 from regbench.geometry.poses import carm_pose
 from regbench.geometry.priors import PosePrior
 from regbench.models.inputs import standardize
+from regbench.models.unet import conv_block
 
 
 @dataclass(frozen=True)
@@ -40,27 +41,14 @@ class NetShape:
         return self.base_channels * 2 ** (self.depth - 1)
 
 
-def _stage(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-    """A 3x3 convolution (stride 1 or 2) and a 3x3 one, each with group norm and ReLU."""
-    groups = min(8, c_out)
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-        nn.GroupNorm(groups, c_out),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-        nn.GroupNorm(groups, c_out),
-        nn.ReLU(inplace=True),
-    )
-
-
 class Encoder(nn.Module):
     """(N,1,H,W) -> (N,C,H/2^depth,W/2^depth) code (sides rounded up)."""
 
     def __init__(self, shape: NetShape):
         super().__init__()
         widths = [shape.base_channels * 2**i for i in range(shape.depth)]
-        stages = [_stage(1, widths[0], 2)]
-        stages += [_stage(widths[i], widths[i + 1], 2) for i in range(shape.depth - 1)]
+        stages = [conv_block(1, widths[0], 2)]
+        stages += [conv_block(widths[i], widths[i + 1], 2) for i in range(shape.depth - 1)]
         self.stages = nn.Sequential(*stages)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,7 +63,7 @@ class Decoder(nn.Module):
         super().__init__()
         widths = [shape.base_channels * 2**i for i in range(shape.depth)]
         self.ups = nn.ModuleList(
-            [_stage(widths[i + 1], widths[i], 1) for i in reversed(range(shape.depth - 1))]
+            [conv_block(widths[i + 1], widths[i], 1) for i in reversed(range(shape.depth - 1))]
         )
         self.head = nn.Conv2d(widths[0], 1, 1)
 

@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 
-def _block(c_in: int, c_out: int) -> nn.Sequential:
-    """Two 3x3 convolutions, each with group norm and ReLU (batch-size independent)."""
+def conv_block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    """Two 3x3 convolutions (the first with ``stride``), each with group norm and ReLU
+    (batch-size independent)."""
     groups = min(8, c_out)
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
         nn.GroupNorm(groups, c_out),
         nn.ReLU(inplace=True),
         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
@@ -35,13 +36,13 @@ class UNet(nn.Module):
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.depth = depth
         self.down = nn.ModuleList(
-            [_block(in_channels, widths[0])]
-            + [_block(widths[i], widths[i + 1]) for i in range(depth)]
+            [conv_block(in_channels, widths[0])]
+            + [conv_block(widths[i], widths[i + 1]) for i in range(depth)]
         )
         self.up = nn.ModuleList(
             [nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(depth)]
         )
-        self.merge = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in range(depth)])
+        self.merge = nn.ModuleList([conv_block(2 * widths[i], widths[i]) for i in range(depth)])
         self.head = nn.Conv2d(widths[0], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
