@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from configs import paper_config
 from torch import nn
 
 from regbench import evaluate
 from regbench.config import load_config
+from regbench.data.subject import Prepared
 from regbench.errors import InputError
 from regbench.geometry.poses import carm_pose
 from regbench.geometry.projection import project_points
@@ -27,6 +29,7 @@ from regbench.models.landmark_net import (
     peak_confidence,
 )
 from regbench.rendering.renderer import make_renderer
+from regbench.train.xray_domain import TrainingXrays
 
 SIGMA = 1.5
 
@@ -52,7 +55,7 @@ class Oracle(nn.Module):
     """Returns the exact labels of ``pose`` (landmarks within a pixel of the border left out:
     there the sub-pixel refinement stays at the pixel centre), ``keep`` of them unflattened."""
 
-    def __init__(self, prepared, pose: torch.Tensor, keep: int | None = None):
+    def __init__(self, prepared, pose: torch.Tensor, keep: int | None = None, sigma: float = SIGMA):
         super().__init__()
         self.points = torch.from_numpy(prepared.points)
         self.geometry = prepared.geometry
@@ -61,7 +64,7 @@ class Oracle(nn.Module):
         inner = (pixels[..., 0] > 1) & (pixels[..., 0] < w - 1)
         inner &= (pixels[..., 1] > 1) & (pixels[..., 1] < h - 1)
         pixels[~inner] = float("nan")
-        self.maps = gaussian_heatmaps(pixels, h, w, SIGMA).float()
+        self.maps = gaussian_heatmaps(pixels, h, w, sigma).float()
         self.n_inner = int(inner.sum())
         if keep is not None:
             shown = torch.nonzero(inner[0]).ravel()[keep:]
@@ -100,6 +103,57 @@ def test_labels_peak_where_the_landmarks_project(prepared):
     pred = (2 * maps + 0.1 * torch.rand_like(maps)).requires_grad_(True)
     heatmap_loss(pred, maps, visible).backward()  # empty labels: no NaN gradient
     assert torch.isfinite(pred.grad).all() and heatmap_loss(maps, maps, visible).item() < 1e-6
+
+
+def test_labels_sit_on_the_landmarks_in_the_training_and_test_xrays(prepared):
+    """A bone cube at one landmark, alone in air: its blob in the training DRR and in the
+    test renderer's image is centred on that landmark's label pixel."""
+    poses = carm_pose(
+        torch.tensor([[0.0, 0.0, 0.0], [0.05, -0.04, 0.06]], dtype=torch.float64),
+        torch.tensor([[0.0, 850.0, 0.0], [10.0, 830.0, -15.0]], dtype=torch.float64),
+    )
+    to_voxel = np.linalg.inv(prepared.affine)
+    h, w = prepared.geometry["height"], prepared.geometry["width"]
+    v, u = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    for k in (0, len(prepared.points) // 2, len(prepared.points) - 1):
+        ijk = np.round(to_voxel[:3, :3] @ prepared.points[k] + to_voxel[:3, 3]).astype(int)
+        ct = np.full(prepared.ct.shape, -1000.0, dtype=np.float32)
+        ct[0, 0, 0] = 0.0  # diffdrr needs a soft-tissue voxel; at the floor its density is 0
+        ct[tuple(slice(i - 1, i + 2) for i in ijk)] = 1000.0
+        cube = prepared.affine[:3, :3] @ ijk + prepared.affine[:3, 3]
+        subject = Prepared(ct, prepared.affine, prepared.landmarks, prepared.geometry)
+        label = landmark_pixels(poses.numpy(), cube[None], prepared.geometry)[:, 0]
+        assert torch.isfinite(label).all()
+        train = TrainingXrays(subject, settings()).clean(poses, torch.ones(2))
+        test = make_renderer(subject, 1.0).render(poses, 64)
+        for images in (train, test):
+            blob = images[:, 0].double() - images.amin(dim=(-2, -1))[:, 0, None, None]
+            blob = blob * (blob > 0.2 * blob.amax(dim=(-2, -1), keepdim=True))
+            mass = blob.sum(dim=(-2, -1))
+            centroid = torch.stack([(blob * u).sum((-2, -1)), (blob * v).sum((-2, -1))], -1)
+            torch.testing.assert_close(centroid / mass[:, None], label, atol=0.35, rtol=0)
+
+
+def test_default_threshold_keeps_coarse_peaks_and_the_paper_keeps_the_authors(prepared):
+    """Maps twice as wide as the labels (a CPU-budget network's blurred peaks) pass the
+    default 0.6 and register exactly; the authors' 0.9 (paper.yaml) rejects them all."""
+    assert load_config(None)["dflnet"]["registration"]["min_ncc"] == 0.6
+    assert paper_config()["dflnet"]["registration"]["min_ncc"] == 0.9
+    gt = true_pose()
+    oracle = Oracle(prepared, gt, sigma=2 * SIGMA)
+    peaks, ncc = peak_confidence(oracle.maps, SIGMA, 15)
+    shown = oracle.maps.amax(dim=(-2, -1))[0] > 0
+    assert (ncc[0][shown] < 0.9).all() and int((ncc[0][shown] >= 0.6).sum()) >= 8
+    result = method_for(prepared, oracle).register(torch.zeros(1, 1, 32, 32), init=torch.eye(4))
+    assert result.status == "ok"
+    assert evaluate.mtre(result.pose.numpy(), gt.numpy(), prepared.points)[0] < 1e-2
+    method = method_for(prepared, oracle)
+    method.context.settings["dflnet"]["registration"] = {
+        **method.context.settings["dflnet"]["registration"],
+        "min_ncc": 0.9,
+    }
+    with pytest.raises(RegistrationFailed, match="0 confident landmarks"):
+        method.refine(torch.zeros(1, 1, 32, 32), torch.eye(4), Trace())
 
 
 def test_peak_confidence_rejects_flat_and_wrong_shaped_maps():

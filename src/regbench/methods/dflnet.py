@@ -1,10 +1,11 @@
 """DFLNet (Grupp et al., IJCARS 2020): landmark heatmaps from a U-Net, then PnP with RANSAC.
 
 The subject's own network predicts one heatmap per landmark; each landmark whose heatmap peaks
-confidently (:func:`regbench.models.landmark_net.peak_confidence`, the authors' template NCC
-of 0.9) gives a 2D point at its sub-pixel peak, and OpenCV's ``solvePnPRansac`` on the
-subject's intrinsics turns them into the pose. The regressor's start is not used. Fewer than
-``min_landmarks`` confident landmarks, or no RANSAC consensus, fails the X-ray.
+confidently (:func:`regbench.models.landmark_net.peak_confidence`: template NCC of at least
+``min_ncc``, the authors' 0.9 in ``paper.yaml``, 0.6 at the CPU budget) gives a 2D point at its
+sub-pixel peak, and OpenCV's ``solvePnPRansac`` on the subject's intrinsics turns them into the
+pose. The regressor's start is not used. Fewer than ``min_landmarks`` confident landmarks, or
+no RANSAC consensus, fails the X-ray.
 """
 
 from __future__ import annotations
