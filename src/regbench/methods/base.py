@@ -100,7 +100,7 @@ class Method:
         its DICOM header gives)."""
         trace = Trace()
         if init is None:
-            init = self.context.regressor.predict(image.to(self.context.renderer.device))[0].cpu()
+            init = self.initialise(image)
         else:  # the regressor's dtype and layout
             init = init.reshape(4, 4).to(torch.float32)
         trace.record(0, init)
@@ -111,6 +111,11 @@ class Method:
         if not torch.isfinite(pose).all():
             return Result(init, iterations, "failed", trace, "non-finite pose")
         return Result(pose, iterations, "ok", trace)
+
+    def initialise(self, image: torch.Tensor) -> torch.Tensor:
+        """(1,1,H,W) X-ray -> (4,4) initial pose: the subject's regressor (methods with an
+        initialiser of their own override this)."""
+        return self.context.regressor.predict(image.to(self.context.renderer.device))[0].cpu()
 
     def refine(
         self, image: torch.Tensor, init: torch.Tensor, trace: Trace
