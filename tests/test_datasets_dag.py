@@ -271,7 +271,7 @@ def test_generalization_table_rows(tmp_path):
         "seed": 0,
         "threads": 1,
         "evaluation": {"success_mm": 1.0, "sr_mm": 10.0, "n_bootstrap": 20},
-        "methods": ["posenet", "ours-so4", "sopi"],
+        "methods": ["posenet", "ours-so4", "psss-reg"],
         "pending": ["ours-so4"],
     }
     out = tmp_path / "tables"
@@ -281,5 +281,5 @@ def test_generalization_table_rows(tmp_path):
     assert table.loc["posenet", "Dataset"] == "embedded-cohort"
     assert table.loc["posenet", "Median (mm)"] == pytest.approx(2.0)
     assert table.loc["ours-so4", "Note"] == "no patient-agnostic model yet"
-    assert table.loc["sopi", "Note"] == "not implemented"
+    assert table.loc["psss-reg", "Note"] == "not implemented"
     assert (out / "table2.md").stat().st_size and (out / "table2.tex").stat().st_size

@@ -73,7 +73,7 @@ def test_registry_names_every_method_and_refuses_unknown_ones():
     with pytest.raises(InputError, match="unknown method 'magic'"):
         check_method("magic")
     with pytest.raises(InputError, match="not implemented"):
-        check_method("sopi")
+        check_method("psss-reg")
 
 
 def test_compiled_renderer_gives_diffdrrs_images_and_pose_gradients(prepared):
