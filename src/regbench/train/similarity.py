@@ -253,6 +253,8 @@ def run_similarity_training(
     partial = out.with_suffix(".partial")
     t0 = time.perf_counter() - state.resume(partial, log)
     model.train()
+    if hasattr(model, "initialiser"):  # fine-tuned with its batch-norm statistics frozen
+        model.initialiser.eval()
     regressor.eval()
     for _ in tqdm(range(state.step, cfg["steps"]), desc=variant, mininterval=5):
         setup = setup_for_step(generator)
