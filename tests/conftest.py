@@ -3,11 +3,13 @@ tiny synthetic DRR for the projector tests."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from diffdrr.drr import DRR
 from snakemake.utils import validate
@@ -17,6 +19,7 @@ from regbench.data.embedded import embedded_files, prepare_embedded
 from regbench.data.prepare import geometry_from_config, resample_and_center
 from regbench.data.subject import Prepared, load_prepared
 from regbench.data.volumes import read_ct
+from regbench.geometry.poses import carm_pose
 from regbench.rendering.diffdrr_adapter import make_drr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +34,12 @@ TINY_GEOMETRY = {
     "reverse_x_axis": True,
     "orientation": "AP",
 }
+
+
+def pose_deg(rot_deg=(0.0, 0.0, 0.0), trans=(0.0, 850.0, 0.0)) -> torch.Tensor:
+    """(1,4,4) C-arm pose from its angles (degrees) and source offset (mm)."""
+    rot = torch.tensor([[math.radians(a) for a in rot_deg]], dtype=torch.float64)
+    return carm_pose(rot, torch.tensor([trans], dtype=torch.float64))
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from conftest import REPO
 
 from regbench.config import load_config
 from regbench.errors import InputError
+from regbench.methods import IMPLEMENTED
 from regbench.planning import LAYOUT, Plan, alternatives, configured_subjects, table_category
 
 
@@ -36,8 +37,7 @@ def test_default_plan_targets(default_config):
     plan = Plan(default_config)
     assert plan.subjects == [("embedded", "chest")]
     assert plan.agnostic_subjects == [("embedded-cohort", "c04"), ("embedded-cohort", "c05")]
-    # Listed but unimplemented methods get table rows, not jobs.
-    assert "sopi" in default_config["methods"] and "sopi" not in plan.run_methods
+    assert plan.run_methods == default_config["methods"]  # every listed method is implemented
     assert "psss-reg" in plan.run_methods  # a method with a model of its own
     assert plan.run_csvs()[0] == f"{plan.results}/embedded/chest/runs/{plan.run_methods[0]}.csv"
     outputs = plan.final_outputs()
@@ -46,6 +46,15 @@ def test_default_plan_targets(default_config):
     assert f"{plan.results}/figures/optimizers.pdf" in outputs  # ours-so4 runs
     assert len(outputs) == len(set(outputs))
     assert plan.agnostic_run_csvs()[0].startswith(f"{plan.results}/_agnostic/embedded-cohort/c04/")
+
+
+def test_listed_but_unimplemented_methods_get_table_rows_not_jobs(default_config, monkeypatch):
+    # Every method of the tables is implemented: a listed one without a class is simulated.
+    monkeypatch.setattr("regbench.planning.IMPLEMENTED", IMPLEMENTED - {"sopi"})
+    plan = Plan(default_config)
+    assert "sopi" in default_config["methods"] and "sopi" not in plan.run_methods
+    assert not plan.names_configured({"dataset": "embedded", "method": "sopi"})
+    assert not any(path.endswith("/sopi.csv") for path in plan.run_csvs())
 
 
 def test_no_optimizer_study_without_ours_so4(default_config):
@@ -152,7 +161,7 @@ def test_report_helpers(default_config):
     assert not plan.names_configured(
         {"dataset": "embedded", "subject": "old", "method": "diffpose"}
     )
-    assert not plan.names_configured({"dataset": "embedded", "method": "sopi"})
+    assert not plan.names_configured({"dataset": "embedded", "method": "magic"})
     assert alternatives([]) == "(?!)" and alternatives(["a.b"]) == r"a\.b"
 
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import SCHEMA
+from conftest import SCHEMA, pose_deg
 from snakemake.utils import validate
 
 from regbench.geometry.poses import carm_params, carm_pose, perturb
@@ -38,11 +38,6 @@ def setup(prepared, settings) -> SimilarityGeometry:
     return SimilarityGeometry(prepared, settings, "cpu")
 
 
-def _pose(rot_deg=(0.0, 0.0, 0.0), trans=(0.0, 850.0, 0.0)) -> torch.Tensor:
-    rot = torch.tensor([[math.radians(a) for a in rot_deg]], dtype=torch.float64)
-    return carm_pose(rot, torch.tensor([trans], dtype=torch.float64))
-
-
 @pytest.mark.parametrize("bone", [1.0, 1.6])
 def test_density_parts_are_diffdrrs_density(prepared, bone):
     """``A + m B`` is diffdrr's density for bone multiplier m, up to one scale."""
@@ -57,7 +52,7 @@ def test_training_xrays_render_the_test_contrast(prepared, settings):
     """At the test X-rays' bone multiplier, the training renderer's clean image is the DRR
     the simulator renders (up to the scale the degradation removes)."""
     xrays = TrainingXrays(prepared, settings)
-    pose = _pose((2.0, -1.0, 0.5), (3.0, 860.0, -2.0))
+    pose = pose_deg((2.0, -1.0, 0.5), (3.0, 860.0, -2.0))
     ours = xrays.clean(pose, torch.tensor([1.6]))
     ref = make_renderer(prepared, 1.6, "compiled").render(pose, settings["render"]["n_points"])
     assert torch.allclose(ours / ours.max(), ref / ref.max(), atol=1e-5)
@@ -74,7 +69,7 @@ def test_untrained_spherical_distance_is_arccos_of_diffposes_mncc(setup, setting
     with torch.no_grad():
         model.feature_gain.zero_()
         features = model.features(setup.density)
-        gt, moved = _pose(), _pose((1.5, 0.0, -1.0), (4.0, 855.0, 3.0))
+        gt, moved = pose_deg(), pose_deg((1.5, 0.0, -1.0), (4.0, 855.0, 3.0))
         xray = setup.drr(gt)[:, :1] + setup.drr(gt)[:, 1:]
         e_x, bone = model.embed_xray(xray)
         images = setup.images(features, moved, bone)
@@ -98,9 +93,9 @@ def test_fast_jacobian_matches_central_differences(setup, settings, feature_gain
     with torch.no_grad():
         model.feature_gain.fill_(feature_gain)
         features = model.features(setup.density).double()
-        xray = setup.drr(_pose()).sum(1, keepdim=True)
+        xray = setup.drr(pose_deg()).sum(1, keepdim=True)
         residual = LatentResidual(model, setup, xray, features)
-    pose = _pose((2.0, 1.0, -1.0), (5.0, 845.0, -4.0))
+    pose = pose_deg((2.0, 1.0, -1.0), (5.0, 845.0, -4.0))
     _, jac = residual.linearise(pose)
     for k in range(6):
         dxi = torch.zeros(1, 6, dtype=torch.float64)
@@ -115,7 +110,7 @@ def test_unrolled_lm_moves_towards_the_truth_and_trains_every_part(setup, settin
     sends finite, non-zero gradients to the gains, the encoders and the volume network."""
     torch.manual_seed(0)
     model = build_similarity_model("ours-so4", settings["similarity"])
-    gt = _pose((1.0, -2.0, 0.5), (2.0, 850.0, 1.0))
+    gt = pose_deg((1.0, -2.0, 0.5), (2.0, 850.0, 1.0))
     with torch.no_grad():
         xray = setup.drr(gt).sum(1, keepdim=True)
     rot, trans = carm_params(gt)
@@ -141,8 +136,8 @@ def test_training_starts_mix_the_initialiser_and_near_truth_poses():
         "near_truth_rotation_deg": 0.5,
         "near_truth_translation_mm": 2,
     }
-    gt = _pose().repeat(400, 1, 1)
-    initial = _pose((5.0, 0.0, 0.0), (0.0, 870.0, 0.0)).repeat(400, 1, 1)
+    gt = pose_deg().repeat(400, 1, 1)
+    initial = pose_deg((5.0, 0.0, 0.0), (0.0, 870.0, 0.0)).repeat(400, 1, 1)
     starts = sample_starts(gt, initial, cfg, torch.Generator().manual_seed(0))
     from_initialiser = torch.isclose(starts, initial).all(-1).all(-1)
     assert 0.4 < float(from_initialiser.double().mean()) < 0.6
@@ -167,10 +162,10 @@ def test_a_diverging_first_order_optimiser_ends_its_trajectory_instead_of_raisin
     model = build_similarity_model("ours-so4", s["similarity"])
     context = Context(make_renderer(prepared, 1.0), None, 48, s, 0, model, setup)
     method = build_method("ours-so4", context)
-    gt = _pose((1.0, -2.0, 0.5), (2.0, 850.0, 1.0))
+    gt = pose_deg((1.0, -2.0, 0.5), (2.0, 850.0, 1.0))
     with torch.no_grad():
         xray = setup.drr(gt).sum(1, keepdim=True)
-    start = _pose((2.0, -1.0, 0.0), (6.0, 860.0, -3.0))[0]
+    start = pose_deg((2.0, -1.0, 0.0), (6.0, 860.0, -3.0))[0]
     trace = Trace()
     trace.record(0, start)
     pose = method.first_order(xray, start, "sgd", 10, trace)

@@ -2,8 +2,8 @@
 
 The tiny config is tests/e2e/config.yaml with fewer methods (METHODS): one baseline and one
 learned method still reach every rule, table and figure (ours-so4 brings train_similarity,
-optimizer_study, Table 3's ablation row and the optimizers figure; sopi, not implemented, a
-"not implemented" row) in under half the jobs; test_e2e runs every method. ``local_run`` runs
+optimizer_study, Table 3's ablation row and the optimizers figure) in under half the jobs;
+test_e2e runs every method. ``local_run`` runs
 it once per test session with local execution and hands the finished working directory to
 every caller, which only reads it.
 """
@@ -20,7 +20,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "e2e" / "config.yaml"
-METHODS = ["posenet", "ours-so4", "sopi"]
+METHODS = ["posenet", "ours-so4"]
 
 _runs: dict[str, tuple[Path, subprocess.CompletedProcess]] = {}
 

@@ -220,6 +220,20 @@ class Plan:
         sections = ["similarity", "lm"] if method in VARIANTS else []
         return sections + ([method] if method in self.config else [])
 
+    def similarity_train_settings(self, dataset: str, subject: str | None, method: str) -> str:
+        """What a learned similarity's training depends on: the renders, the regressor (its
+        starts), ``similarity`` and the ``training`` part of the method's own section where it
+        has one (SOPI, CDReg; its ``registration`` part reruns registrations only).
+        ``subject=None``: the dataset's patient-agnostic scenario."""
+        sections = ("prior", "render", "similarity", "geometry", "augment", "regressor")
+        if subject is None:
+            blob = json.loads(self.agnostic_settings(dataset, *sections))
+        else:
+            blob = json.loads(self.subject_settings(dataset, subject, *sections))
+        if method in VARIANTS and VARIANTS[method].own_section:
+            blob[method] = {"training": self.config[method]["training"]}
+        return _dump(blob)
+
     def register_settings(
         self, dataset: str, subject: str, method: str, agnostic: bool = False
     ) -> str:

@@ -27,6 +27,7 @@ def training_curve(subject_dir: Path, variant: str, steps: list[int], n_xrays: i
 
     from regbench.data.subject import load_prepared
     from regbench.methods import build_method
+    from regbench.models.variants import VARIANTS
     from regbench.runner import registration_context
     from regbench.seeding import derive_seed
     from regbench.train.checkpoint import save_checkpoint
@@ -35,6 +36,7 @@ def training_curve(subject_dir: Path, variant: str, steps: list[int], n_xrays: i
         build_similarity_model,
         similarity_settings,
         train_similarity,
+        variant_config,
     )
 
     snapshot = subject_dir / "runs" / f"{variant}.config.json"
@@ -49,6 +51,9 @@ def training_curve(subject_dir: Path, variant: str, steps: list[int], n_xrays: i
     with tempfile.TemporaryDirectory() as tmp:
         for n_steps in steps:
             s = {**settings, "similarity": {**settings["similarity"], "steps": max(1, n_steps)}}
+            if VARIANTS[variant].own_section:  # SOPI, CDReg: steps of their own section
+                own = settings[variant]
+                s[variant] = {**own, "training": {**own["training"], "steps": max(1, n_steps)}}
             model_path = Path(tmp) / f"similarity-{variant}-{n_steps}.pt"
             if n_steps > 0:
                 train_similarity(
@@ -63,7 +68,7 @@ def training_curve(subject_dir: Path, variant: str, steps: list[int], n_xrays: i
                 )
             else:  # untrained: image terms and random encoders at their initial gains
                 torch.manual_seed(seed)
-                model = build_similarity_model(variant, s["similarity"])
+                model = build_similarity_model(variant, variant_config(s, variant), s)
                 blob = {"state_dict": model.state_dict()}
                 save_checkpoint(
                     blob, {**similarity_settings(s, variant), "subject_seed": seed}, model_path

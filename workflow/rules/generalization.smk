@@ -50,9 +50,7 @@ rule train_similarity_agnostic:
         log_csv=PLAN.pattern("agnostic_similarity_log"),
         snapshot=PLAN.pattern("agnostic_similarity_snapshot"),
     params:
-        settings=agnostic_settings(
-            "prior", "render", "similarity", "geometry", "augment", "regressor"
-        ),
+        settings=lambda w: PLAN.similarity_train_settings(w.dataset, None, w.method),
         prepared=agnostic_train_dirs,
     wildcard_constraints:
         dataset=alternatives(PLAN.agnostic),

@@ -41,9 +41,7 @@ rule train_similarity:
         log_csv=PLAN.pattern("similarity_log"),
         snapshot=PLAN.pattern("similarity_snapshot"),
     params:
-        settings=subject_settings(
-            "prior", "render", "similarity", "geometry", "augment", "regressor"
-        ),
+        settings=lambda w: PLAN.similarity_train_settings(w.dataset, w.subject, w.method),
         prepared=lambda w, input: os.path.dirname(input.ct),
     threads: 1
     log:

@@ -101,6 +101,15 @@ def pose_distance_sq(
     raise ValueError(f"unknown target kind {kind!r}; expected 'se3' or 'so4'")
 
 
+def pose_distance_mm(
+    pose: torch.Tensor, pose_gt: torch.Tensor, L: float, kind: TargetKind
+) -> torch.Tensor:
+    """:func:`pose_distance_sq`'s distance times ``L``: mm-like, (N,); smoothed by 1 um at
+    the truth so that its gradient stays finite there."""
+    d_sq = pose_distance_sq(pose, pose_gt, L, kind)
+    return L * torch.sqrt(d_sq + (1e-3 / L) ** 2)
+
+
 def training_target(
     start: torch.Tensor,
     pose_gt: torch.Tensor,

@@ -1,8 +1,12 @@
-"""Registration on a learned similarity: the paper's method, its ablations and ProST.
+"""Registration on a learned similarity: the paper's method, its ablations, ProST, SOPI and
+CDReg.
 
 ``lm`` variants (ours-*, abl-*) minimise ``1/2 |r|^2`` with Levenberg-Marquardt, r the latent
 residual between the X-ray and DRR-feature embeddings (its norm is the learned distance).
-ProST descends the learned distance with SGD, then polishes on diffdrr's gradient NCC.
+ProST descends the learned distance with SGD, then polishes on diffdrr's gradient NCC. SOPI
+starts from its own initialiser and descends its distance by SGD with momentum and a
+triangular cyclic learning rate on unit gradient directions; CDReg descends its regressed
+distance with Adam (cosine-decayed learning rates).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from regbench.methods.similarity import BorderedSimilarity
 from regbench.models.residual import LatentResidual
 from regbench.models.similarity import resize_images
 from regbench.models.variants import VARIANTS
+from regbench.optim.first_order import descend, triangular_lr
 from regbench.optim.lm import levenberg_marquardt, pose_residual
 
 log = logging.getLogger(__name__)
@@ -34,12 +39,23 @@ class LearnedSimilarity(Method):
         with torch.no_grad():
             self.features = self.model.features(self.setup.density)
 
+    def initial_pose(self, image: torch.Tensor) -> torch.Tensor:
+        """SOPI's own initialiser where the model has one, else the subject's regressor."""
+        initialiser = getattr(self.model, "initialiser", None)
+        if initialiser is None:
+            return super().initial_pose(image)
+        return initialiser.predict(image.to(self.features.device))[0].float().cpu()
+
     def refine(
         self, image: torch.Tensor, init: torch.Tensor, trace: Trace
     ) -> tuple[torch.Tensor, int]:
         residual = self.residual_fn(image)
         if self.variant.refiner == "prost":
             return self._prost(residual, init, image, trace)
+        if self.variant.refiner == "sgd-cyclic":
+            return self._sopi(residual, init, trace)
+        if self.variant.refiner == "adam":
+            return self._cdreg(residual, init, trace)
         return self._lm(residual, init, trace)
 
     def residual_fn(self, image: torch.Tensor) -> LatentResidual:
@@ -56,28 +72,64 @@ class LearnedSimilarity(Method):
         first-order baselines of the optimiser comparison (paper's Figure 4, right)."""
         cfg = self.context.settings["optimizer_study"]
         residual = self.residual_fn(image)
-        omega = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
-        v = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
-        groups = [
-            {"params": [omega], "lr": cfg["lr_rotation"]},
-            {"params": [v], "lr": cfg["lr_translation"]},
-        ]
-        opt = torch.optim.Adam(groups) if optimizer == "adam" else torch.optim.SGD(groups)
-        pose = init.double()[None]
-        for iteration in range(1, iterations + 1):
-            moved = perturb(init.double()[None], torch.cat([omega, v], -1))
-            cost = 0.5 * (residual.in_pose(moved) ** 2).sum()
-            opt.zero_grad()
-            cost.backward()
-            opt.step()
-            moved = perturb(init.double()[None], torch.cat([omega, v], -1).detach())
-            # diverged (a camera a kilometre away included): the trajectory ends where it was finite
-            if not torch.isfinite(moved).all() or moved[..., :3, 3].abs().max() > 1e6:
-                log.warning("%s diverged at iteration %d", optimizer, iteration)
-                break
-            pose = moved
-            trace.record(iteration, pose[0])
-        return pose[0]
+        return descend(
+            lambda pose: 0.5 * (residual.in_pose(pose) ** 2).sum(),
+            init,
+            torch.optim.Adam if optimizer == "adam" else torch.optim.SGD,
+            (cfg["lr_rotation"], cfg["lr_translation"]),
+            iterations,
+            trace.record,
+        )
+
+    def _sopi(
+        self, residual: LatentResidual, init: torch.Tensor, trace: Trace
+    ) -> tuple[torch.Tensor, int]:
+        """SGD with momentum on SOPI's feature distance, its learning rates (deg, mm) cycling
+        triangularly between ``base_lr_*`` and ``max_lr_*`` every ``half_cycle`` iterations."""
+        cfg = self.context.settings["sopi"]["registration"]
+
+        def schedule(iteration: int) -> tuple[float, float]:
+            rot = triangular_lr(
+                iteration - 1, cfg["base_lr_deg"], cfg["max_lr_deg"], cfg["half_cycle"]
+            )
+            trans = triangular_lr(
+                iteration - 1, cfg["base_lr_mm"], cfg["max_lr_mm"], cfg["half_cycle"]
+            )
+            return math.radians(rot), trans
+
+        pose = descend(
+            lambda pose: residual.distance_in_pose(pose).sum(),
+            init,
+            lambda groups: torch.optim.SGD(groups, momentum=cfg["momentum"]),
+            schedule(1),
+            cfg["iterations"],
+            trace.record,
+            schedule=schedule,
+            unit_gradients=True,
+        )
+        return pose, cfg["iterations"]
+
+    def _cdreg(
+        self, residual: LatentResidual, init: torch.Tensor, trace: Trace
+    ) -> tuple[torch.Tensor, int]:
+        """Adam on CDReg's regressed distance, learning rates (deg, mm) decayed by a cosine."""
+        cfg = self.context.settings["cdreg"]["registration"]
+        n = cfg["iterations"]
+
+        def schedule(iteration: int) -> tuple[float, float]:
+            decay = 0.5 * (1 + math.cos(math.pi * (iteration - 1) / n))
+            return math.radians(cfg["lr_deg"]) * decay, cfg["lr_mm"] * decay
+
+        pose = descend(
+            lambda pose: residual.distance_in_pose(pose).sum(),
+            init,
+            torch.optim.Adam,
+            schedule(1),
+            n,
+            trace.record,
+            schedule=schedule,
+        )
+        return pose, n
 
     def _lm(
         self, residual: LatentResidual, init: torch.Tensor, trace: Trace

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from regbench.models.similarity import SimilarityGeometry, SimilarityModel
+from regbench.models.similarity import EmbeddingSimilarity, SimilarityGeometry
 
 FD_STEP = 3e-3  # tangent step, relative to the images' RMS (float32 encoders)
 
@@ -24,7 +24,7 @@ class LatentResidual:
 
     def __init__(
         self,
-        model: SimilarityModel,
+        model: EmbeddingSimilarity,
         setup: SimilarityGeometry,
         xrays: torch.Tensor,
         features: torch.Tensor,
@@ -89,6 +89,12 @@ class LatentResidual:
     def in_pose(self, pose: torch.Tensor) -> torch.Tensor:
         """Residual at ``pose``, differentiable w.r.t. the pose only (first-order optimisers)."""
         return self.of_images(self.images(pose), self.e_x.detach().expand(len(pose), -1))
+
+    def distance_in_pose(self, pose: torch.Tensor) -> torch.Tensor:
+        """Learned distance (N,) at ``pose``, differentiable w.r.t. the pose only (the
+        first-order refiners of SOPI and CDReg)."""
+        e_d = self.model.embed_drr_images(self.images(pose))
+        return self.model.distance(self.e_x.detach().expand(len(pose), -1), e_d)
 
     def linearise(self, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(r (N,M), J (N,M,6))`` at ``pose``, without autograd graph."""

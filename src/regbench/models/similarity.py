@@ -22,7 +22,46 @@ from regbench.models.zscores import multiscale_scores
 from regbench.rendering.torch_projector import FeatureProjector
 
 
-class SimilarityModel(torch.nn.Module):
+class EmbeddingSimilarity(torch.nn.Module):
+    """What the learned-similarity machinery (:class:`regbench.models.residual.LatentResidual`,
+    gradient-matching training, the refiners) asks of a model: a volume network
+    (``features``), ``embed_xray`` (N,1,H,W) -> ((N,D), bone multipliers (N,)),
+    ``embed_drr_images`` (N,C,H,W) -> (N,D), and a ``latent`` (distance, residual). Subclasses:
+    this paper's :class:`SimilarityModel`, SOPI's and CDReg's networks."""
+
+    variant: Variant
+    volume_net: torch.nn.Module
+    latent: object
+
+    def features(self, density: torch.Tensor) -> torch.Tensor:
+        """(X,Y,Z) density -> (C,X,Y,Z) feature volume."""
+        return self.volume_net(density)
+
+    def embed_xray(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def embed_drr_images(self, drr: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embed_drr(
+        self,
+        setup: SimilarityGeometry,
+        features: torch.Tensor,
+        pose: torch.Tensor,
+        bone: torch.Tensor,
+    ) -> torch.Tensor:
+        """Render the DRR branch's input at ``pose`` (N,4,4) with bone contrast ``bone`` (N,)
+        and embed it."""
+        return self.embed_drr_images(setup.images(features, pose, bone))
+
+    def distance(self, e_x: torch.Tensor, e_d: torch.Tensor) -> torch.Tensor:
+        return self.latent.distance(e_x, e_d)
+
+    def residual(self, e_x: torch.Tensor, e_d: torch.Tensor) -> torch.Tensor:
+        return self.latent.residual(e_x, e_d)
+
+
+class SimilarityModel(EmbeddingSimilarity):
     """Embeds X-rays and DRR features; their latent distance is the learned similarity.
 
     Each embedding is ``[a * image terms, b * encoder features]`` with learned gains a, b:
@@ -70,10 +109,6 @@ class SimilarityModel(torch.nn.Module):
         )
         self.latent = make_latent(variant.latent)
 
-    def features(self, density: torch.Tensor) -> torch.Tensor:
-        """(X,Y,Z) density -> (C,X,Y,Z) feature volume."""
-        return self.volume_net(density)
-
     def _inside(self, images: torch.Tensor) -> torch.Tensor:
         c = self.crop_px
         return images[..., c:-c, c:-c] if c > 0 else images
@@ -100,17 +135,6 @@ class SimilarityModel(torch.nn.Module):
         """(N,C,H,W) DRR branch input (channel 0 the DRR) -> (N,D) embeddings."""
         return self._embed(drr[:, :1], self.encoder_drr(self.standardize_inside(drr).float()))
 
-    def embed_drr(
-        self,
-        setup: SimilarityGeometry,
-        features: torch.Tensor,
-        pose: torch.Tensor,
-        bone: torch.Tensor,
-    ) -> torch.Tensor:
-        """Render the DRR branch's input at ``pose`` (N,4,4) with bone contrast ``bone`` (N,)
-        and embed it."""
-        return self.embed_drr_images(setup.images(features, pose, bone))
-
     def _embed(self, image: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
         learned = self.feature_gain * encoded / encoded.shape[-1] ** 0.5
         if not self.image_terms:
@@ -121,12 +145,6 @@ class SimilarityModel(torch.nn.Module):
         # Image terms in float64: LM near the optimum resolves mNCC differences of ~1e-7.
         terms = multiscale_scores(inner.double(), self.patch_px, self.patch_stride_px)
         return torch.cat([self.image_gain * terms, learned.double()], dim=-1)
-
-    def distance(self, e_x: torch.Tensor, e_d: torch.Tensor) -> torch.Tensor:
-        return self.latent.distance(e_x, e_d)
-
-    def residual(self, e_x: torch.Tensor, e_d: torch.Tensor) -> torch.Tensor:
-        return self.latent.residual(e_x, e_d)
 
 
 def resize_images(images: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -7,12 +7,25 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Variant:
-    """One learned-similarity method: which volume branch, latent geometry, target and refiner."""
+    """One learned-similarity method: which volume branch, latent geometry, target and refiner,
+    and (baselines with an architecture of their own) which model and training loss."""
 
     volume: str  # "e3nn" | "cnn3d" | "identity"
-    latent: str  # "spherical" | "euclidean" | "hyperbolic"
-    target: str  # "se3" | "so4": the pose distance whose gradient training matches
-    refiner: str  # "lm" (Levenberg-Marquardt) | "prost" (SGD, then gradient-NCC polish)
+    latent: str  # "spherical" | "euclidean" | "hyperbolic" | "learned" (a trained head)
+    target: str  # "se3" | "so4": the pose distance training matches or regresses
+    refiner: str  # "lm" | "prost" | "sgd-cyclic" (SOPI) | "adam" (CDReg)
+    # "latent": SimilarityModel (timm encoders, latent geometry); "sopi", "cdreg": the
+    # baselines' own networks (regbench.models.sopi, regbench.models.cdreg).
+    model: str = "latent"
+    # "matching": gradient directions (plus unrolled LM for "lm" refiners); "convex": CDReg's
+    # regression of the distance to a convex function of the pose distance.
+    loss: str = "matching"
+
+    @property
+    def own_section(self) -> bool:
+        """Whether the method has a config section of its own (named as the method) whose
+        ``training`` part overrides ``similarity``'s keys."""
+        return self.model != "latent"
 
 
 VARIANTS: dict[str, Variant] = {
@@ -23,4 +36,12 @@ VARIANTS: dict[str, Variant] = {
     "abl-no-ecnn": Variant("identity", "spherical", "so4", "lm"),
     "abl-cnn3d": Variant("cnn3d", "spherical", "so4", "lm"),
     "prost": Variant("cnn3d", "euclidean", "se3", "prost"),
+    # SOPI (Chen et al., ICASSP 2024): the DRR alone through two composite encoders, their
+    # multi-level feature MSE (a Euclidean latent) trained by gradient matching on ProST's SE(3)
+    # geodesic; SGD with momentum and a cyclic learning rate; its own initialiser.
+    "sopi": Variant("identity", "euclidean", "se3", "sgd-cyclic", model="sopi"),
+    # CDReg (Chen et al., ISBI 2024): 3D CNN features projected along the rays, dual-branch
+    # (low / high frequency) encoders, a learned distance regressed to a convex function of the
+    # SE(3) geodesic distance plus the correlation-driven decomposition loss; Adam refinement.
+    "cdreg": Variant("cnn3d", "learned", "se3", "adam", model="cdreg", loss="convex"),
 }

@@ -26,10 +26,15 @@ import torch
 from regbench.data.subject import Prepared
 from regbench.geometry.poses import carm_params, carm_pose, perturb
 from regbench.geometry.priors import PosePrior
-from regbench.geometry.targets import pose_distance_sq, training_target
+from regbench.geometry.targets import pose_distance_mm, training_target
 from regbench.models.regressor import PoseRegressor
 from regbench.models.residual import LatentResidual
-from regbench.models.similarity import SimilarityGeometry, SimilarityModel, resize_images
+from regbench.models.similarity import (
+    EmbeddingSimilarity,
+    SimilarityGeometry,
+    SimilarityModel,
+    resize_images,
+)
 from regbench.models.variants import VARIANTS
 from regbench.optim.lm import damped_step, levenberg_marquardt, pose_residual
 from regbench.train.checkpoint import TrainingState, load_trained
@@ -40,11 +45,48 @@ log = logging.getLogger(__name__)
 def similarity_settings(settings: dict, variant: str) -> dict:
     """The part of the config a similarity model depends on (its checkpoint fingerprint)."""
     keys = ("seed", "prior", "render", "similarity", "geometry", "augment", "regressor")
-    return {**{k: settings[k] for k in keys}, "variant": variant}
+    blob = {**{k: settings[k] for k in keys}, "variant": variant}
+    if VARIANTS[variant].own_section:
+        blob[variant] = {"training": settings[variant]["training"]}
+    return blob
 
 
-def build_similarity_model(variant: str, cfg: dict) -> SimilarityModel:
-    """An untrained model of ``variant`` with the config's ``similarity`` sizes."""
+def variant_config(settings: dict, variant: str) -> dict:
+    """The training keys of ``variant``: the ``similarity`` section, overridden by the
+    ``training`` part of the method's own section (SOPI, CDReg) where it has one."""
+    own = settings[variant]["training"] if VARIANTS[variant].own_section else {}
+    return {**settings["similarity"], **own}
+
+
+def build_similarity_model(
+    variant: str, cfg: dict, settings: dict | None = None
+) -> EmbeddingSimilarity:
+    """An untrained model of ``variant`` with the sizes of ``cfg`` (:func:`variant_config`);
+    SOPI and CDReg also read ``settings`` (the render's bone multiplier, SOPI's initialiser
+    architecture and prior)."""
+    kind = VARIANTS[variant].model
+    if kind != "latent":
+        if settings is None:
+            raise ValueError(f"building a {variant} model needs the full settings")
+        bone = float(settings["render"]["bone_attenuation"])
+        if kind == "sopi":
+            from regbench.models.sopi import SopiModel
+
+            clinical = PosePrior.from_config(settings["prior"])
+            initialiser = PoseRegressor(settings["regressor"]["backbone"], clinical)
+            return SopiModel(VARIANTS[variant], cfg["width"], bone, initialiser)
+        from regbench.models.cdreg import CdregModel
+
+        return CdregModel(
+            VARIANTS[variant],
+            cfg["channels"],
+            cfg["width"],
+            cfg["low_pass_px"],
+            cfg["inn_layers"],
+            cfg["head_cells"],
+            cfg["head_hidden"],
+            bone,
+        )
     return SimilarityModel(
         VARIANTS[variant],
         cfg["channels"],
@@ -87,10 +129,20 @@ def sample_starts(
     return torch.where(near[:, None, None], carm_pose(rot, trans), initial.double())
 
 
-def pose_distance_mm(pose: torch.Tensor, pose_gt: torch.Tensor, L: float, kind: str):
-    """The variant's pose distance (se(3) or SO(4)) times ``L``: mm-like, (N,)."""
-    d_sq = pose_distance_sq(pose, pose_gt, L, kind)
-    return L * torch.sqrt(d_sq + (1e-3 / L) ** 2)
+def drr_branch_images(
+    residual: LatentResidual, start: torch.Tensor, fixed: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The DRR branch's input (N,C,H,W) at ``start``: the DRR channel of ``fixed`` (rendered
+    when not given, a constant) and the learned channels with their graph to the volume
+    network; it requires grad even without learned channels (identity volume)."""
+    if fixed is None:
+        with torch.no_grad():
+            fixed = residual.images(start)
+    learned = residual.setup.feature_images(residual.features, start)
+    images = torch.cat([fixed[:, :1].to(learned.dtype), learned], dim=1)
+    if not images.requires_grad:
+        images.requires_grad_(True)
+    return images
 
 
 def matching_loss(
@@ -108,10 +160,7 @@ def matching_loss(
     """
     model, setup = residual.model, residual.setup
     fixed, tangents = residual.images_and_jacobian(start)  # (N,C,H,W), (N,6,C,H,W)
-    learned = setup.feature_images(residual.features, start)  # the same channels, with their graph
-    images = torch.cat([fixed[:, :1].to(learned.dtype), learned], dim=1)
-    if not images.requires_grad:  # no learned channels (identity volume): the DRR alone
-        images.requires_grad_(True)
+    images = drr_branch_images(residual, start, fixed)
     distance = model.distance(residual.e_x, model.embed_drr_images(images))
     (ds,) = torch.autograd.grad(distance.sum(), images, create_graph=True)
     g = torch.einsum("nkchw,nchw->nk", tangents.to(ds.dtype), ds)
@@ -179,19 +228,23 @@ def run_similarity_training(
     log_csv: Path,
     device: torch.device,
     regressor: PoseRegressor,
-) -> SimilarityModel:
-    """The training loop: gradient matching plus the unrolled-LM loss (weight
-    ``lm_loss_weight``) plus the X-ray encoder's bone-contrast estimate against the training
-    X-ray's own multiplier (log-squared error, weight ``contrast_loss_weight``); ``setup_for_step(generator)`` is the subject of a step (the one
-    subject, or one drawn per step with the run's generator when patient-agnostic)."""
-    cfg = settings["similarity"]
+) -> EmbeddingSimilarity:
+    """The training loop; each step's losses are :func:`step_losses`'. ``setup_for_step(generator)``
+    is the subject of a step (the one subject, or one drawn per step with the run's generator
+    when patient-agnostic). SOPI's initialiser starts from ``regressor``'s weights and trains at
+    its own learning rate."""
+    cfg = variant_config(settings, variant)
     fp_settings = {**similarity_settings(settings, variant), "subject_seed": seed}
     train_prior = PosePrior.from_config(settings["prior"], scale=cfg["prior_scale"])
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = build_similarity_model(variant, cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=1e-4)
+    model = build_similarity_model(variant, cfg, settings).to(device)
+    groups = [{"params": [p for n, p in model.named_parameters() if not _initialiser(n)]}]
+    if hasattr(model, "initialiser"):
+        model.initialiser.load_state_dict(regressor.state_dict())
+        groups.append({"params": model.initialiser.parameters(), "lr": cfg["initialiser_lr"]})
+    optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["steps"])
     state = TrainingState(model, optimizer, scheduler, generator, fp_settings)
     regressor.eval()
@@ -207,29 +260,86 @@ def run_similarity_training(
                 resize_images(xrays, int(detector["height"]), int(detector["width"]))
             )
         start = sample_starts(pose_gt, initial.cpu(), cfg, generator)
-        # One X-ray encoder pass and one projection of the start poses serve all three losses.
+        # One X-ray encoder pass and one projection of the start poses serve every loss.
         residual = LatentResidual(model, setup, xrays, model.features(setup.density))
-        loss, _ = matching_loss(residual, start, pose_gt)
-        lm_loss = torch.zeros((), dtype=torch.float64)
-        if cfg["lm_loss_weight"] > 0 and cfg["unroll_steps"] > 0:
-            lm_loss, _ = unrolled_lm_loss(residual, start, pose_gt, cfg["unroll_steps"])
-        estimate = residual.bone
-        contrast_loss = ((estimate.log() - bone.to(estimate).log()) ** 2).mean()
-        total = loss + cfg["lm_loss_weight"] * lm_loss + cfg["contrast_loss_weight"] * contrast_loss
-        detail = (
-            f" (matching {loss.item():.4f}, unrolled LM {lm_loss.item():.3f} mm,"
-            f" contrast {contrast_loss.item():.4f})"
-        )
-        return total, detail
+        terms = step_losses(residual, start, pose_gt, xrays, bone, cfg)
+        total = sum(weight * value for weight, value in terms.values())
+        parts = ", ".join(f"{name} {value.item():.4f}" for name, (_, value) in terms.items())
+        return total, f" ({parts})"
 
     state.run(step_loss, cfg, out, log, variant, clip_norm=10.0)
     state.finish(out, log_csv, {"variant": variant})
     return model
 
 
-def load_similarity(path: str | Path, variant: str, settings: dict, device) -> SimilarityModel:
+def step_losses(
+    residual: LatentResidual,
+    start: torch.Tensor,
+    pose_gt: torch.Tensor,
+    xrays: torch.Tensor,
+    bone: torch.Tensor,
+    cfg: dict,
+) -> dict[str, tuple[float, torch.Tensor]]:
+    """A training step's ``{name: (weight, loss)}`` for the model's variant:
+
+    * this paper's models (and ProST): gradient matching, the unrolled LM (distance to the
+      truth in mm, weight ``lm_loss_weight``) and the X-ray encoder's bone-contrast estimate
+      against the training X-ray's own multiplier (log-squared error,
+      ``contrast_loss_weight``);
+    * SOPI: gradient matching and its initialiser's loss (:mod:`regbench.train.sopi`,
+      ``initialiser_weight``);
+    * CDReg: the convex-target regression and the decomposition loss
+      (:mod:`regbench.train.cdreg`, ``decomposition_weight``).
+    """
+    model = residual.model
+    variant = model.variant
+    if variant.loss == "convex":
+        return _convex_losses(residual, start, pose_gt, cfg)
+    terms = {"matching": (1.0, matching_loss(residual, start, pose_gt)[0])}
+    if variant.model == "sopi":
+        from regbench.train.sopi import initialiser_loss
+
+        loss = initialiser_loss(
+            model.initialiser, residual.setup, xrays, pose_gt, bone, cfg["ncc_weight"]
+        )
+        terms["initialiser"] = (cfg["initialiser_weight"], loss)
+        return terms
+    if cfg["lm_loss_weight"] > 0 and cfg["unroll_steps"] > 0:
+        lm_loss, _ = unrolled_lm_loss(residual, start, pose_gt, cfg["unroll_steps"])
+        terms["unrolled LM"] = (cfg["lm_loss_weight"], lm_loss)
+    estimate = residual.bone
+    contrast = ((estimate.log() - bone.to(estimate).log()) ** 2).mean()
+    terms["contrast"] = (cfg["contrast_loss_weight"], contrast)
+    return terms
+
+
+def _convex_losses(
+    residual: LatentResidual, start: torch.Tensor, pose_gt: torch.Tensor, cfg: dict
+) -> dict[str, tuple[float, torch.Tensor]]:
+    from regbench.train.cdreg import convex_regression_loss, decomposition_loss
+
+    model = residual.model
+    e_d = model.embed_drr_images(drr_branch_images(residual, start))
+    L = residual.setup.characteristic_length
+    d = pose_distance_mm(start.double(), pose_gt.double(), L, model.variant.target)
+    estimates = model.branch_distances(residual.e_x, e_d)
+    (low_x, high_x), (low_d, high_d) = model.split(residual.e_x), model.split(e_d)
+    return {
+        "convex": (1.0, convex_regression_loss(estimates, d, cfg["convex_scale_mm"])),
+        "decomposition": (
+            cfg["decomposition_weight"],
+            decomposition_loss(low_x, high_x, low_d, high_d),
+        ),
+    }
+
+
+def _initialiser(name: str) -> bool:
+    return name.startswith("initialiser.")
+
+
+def load_similarity(path: str | Path, variant: str, settings: dict, device) -> EmbeddingSimilarity:
     """Load a trained similarity model; refuse one trained for other settings or variant."""
     blob = load_trained(path, similarity_settings(settings, variant), f"{variant} similarity model")
-    model = build_similarity_model(variant, settings["similarity"])
+    model = build_similarity_model(variant, variant_config(settings, variant), settings)
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval()
