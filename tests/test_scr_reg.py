@@ -14,6 +14,8 @@ from scipy.ndimage import map_coordinates
 from torch import nn
 
 from regbench.config import load_config
+from regbench.data.prepare import geometry_from_config
+from regbench.data.subject import Prepared
 from regbench.errors import InputError
 from regbench.evaluate import mtre
 from regbench.geometry.poses import carm_pose
@@ -169,6 +171,23 @@ def test_an_oracle_network_recovers_the_pose(prepared, labels, border_px):
     assert mtre(result.pose.numpy(), true_pose().numpy(), prepared.points)[0] < 1e-3
     assert result.pose.dtype == torch.float64 and result.pose.shape == (4, 4)
     torch.testing.assert_close(result.trace.poses[-1], result.pose)
+
+
+def test_an_oracle_recovers_the_pose_on_the_default_detector(prepared):
+    """The default run's 64 px detector (mirrored x axis, AP) and its training labels (the
+    compiled projector's rays): labels on their pixel centres give PnP the pose exactly, so
+    labels, pixel centres and PnP agree in frame, origin and axis order."""
+    settings = load_config(None)
+    geometry = geometry_from_config(settings["geometry"])
+    assert geometry["reverse_x_axis"] and geometry["height"] == 64
+    subject = Prepared(prepared.ct, prepared.affine, prepared.landmarks, geometry)
+    settings["render"]["n_points"] = N_POINTS
+    data = SceneCoordinateXrays(subject, settings, BONE_HU, torch.device("cpu"))
+    _, labels = data.sample(true_pose()[None], torch.Generator().manual_seed(0))
+    method = oracle_method(subject, Oracle(labels[0], geometry), border_px=2)
+    result = method.register(torch.zeros(1, 1, 64, 64), true_pose())
+    assert result.status == "ok", result.message
+    assert mtre(result.pose.numpy(), true_pose().numpy(), subject.points)[0] < 1e-3
 
 
 def test_no_confident_pixel_fails(prepared, labels):
