@@ -217,7 +217,9 @@ class Plan:
 
     def method_sections(self, method: str) -> list[str]:
         """Config sections of a method's own settings (editing one reruns only that method)."""
-        sections = ["similarity", "lm"] if method in VARIANTS else []
+        sections = []
+        if method in VARIANTS:  # the similarity's, and its refiner's shared section
+            sections = ["similarity", "lm" if VARIANTS[method].refiner == "lm" else "prost"]
         return sections + ([method] if method in self.config else [])
 
     def register_settings(

@@ -12,7 +12,11 @@ class Variant:
     volume: str  # "e3nn" | "cnn3d" | "identity"
     latent: str  # "spherical" | "euclidean" | "hyperbolic"
     target: str  # "se3" | "so4": the pose distance whose gradient training matches
-    refiner: str  # "lm" (Levenberg-Marquardt) | "prost" (SGD, then gradient-NCC polish)
+    refiner: str  # "lm" (Levenberg-Marquardt) | "prost-m" | "prost-t" (methods/prost.py)
+    # How the similarity's pose gradient is matched to the target's in training:
+    # "direction": unit rotational and translational parts (ProST MICCAI 2020, and ours);
+    # "geodesic": squared SE(3) geodesic distance between the two gradient vectors (ProST TMI).
+    matching: str = "direction"
 
 
 VARIANTS: dict[str, Variant] = {
@@ -22,5 +26,6 @@ VARIANTS: dict[str, Variant] = {
     "abl-hyperbolic": Variant("e3nn", "hyperbolic", "so4", "lm"),
     "abl-no-ecnn": Variant("identity", "spherical", "so4", "lm"),
     "abl-cnn3d": Variant("cnn3d", "spherical", "so4", "lm"),
-    "prost": Variant("cnn3d", "euclidean", "se3", "prost"),
+    "prost-m": Variant("cnn3d", "euclidean", "se3", "prost-m"),
+    "prost-t": Variant("cnn3d", "euclidean", "se3", "prost-t", matching="geodesic"),
 }
