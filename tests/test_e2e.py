@@ -44,7 +44,7 @@ def test_tables_have_a_finite_row_per_method(finished_run):
     from regbench.methods import IMPLEMENTED
 
     implemented = [m for m in cfg["methods"] if m in IMPLEMENTED]
-    assert {"posenet", "diffpose", "bobyqa", "ours-so4", "prost"} <= set(implemented)
+    assert {"posenet", "diffpose", "bobyqa", "ours-so4", "prost-m", "prost-t"} <= set(implemented)
     for method in implemented:
         row = table[table["Method"] == method]
         assert len(row) == 1, method
@@ -101,7 +101,7 @@ def test_minimum_and_training_sections_on_the_finished_run(finished_run, tmp_pat
     )  # fmt: skip
     assert code == 0
     rows = pd.read_csv(out / "bench.csv").set_index(["name", "metric"])["value"]
-    for method in ("diffpose", "bobyqa", "ours-so4", "prost"):
+    for method in ("diffpose", "bobyqa", "ours-so4", "prost-m", "prost-t"):
         drift = rows[method, "median drift mTRE"]
         assert np.isfinite(drift) and drift >= 0, method
     assert ("posenet", "median drift mTRE") not in rows.index

@@ -112,7 +112,7 @@ def test_not_implemented_rows(run_paths: list[Path]) -> None:
     assert (deepfluoro.loc[deepfluoro["Method"] != "posenet", "Note"] == NOT_IMPLEMENTED).all()
     shown = format_table(table)
     assert (shown.loc[table["Note"] == NOT_IMPLEMENTED, "SMSR (%)"] == "–").all()
-    assert not_implemented_row("prost")["Note"] == NOT_IMPLEMENTED
+    assert not_implemented_row("prost-m")["Note"] == NOT_IMPLEMENTED
     empty = table1(load_runs([]), expected_methods=["posenet"])
     assert list(empty["Note"]) == [NOT_IMPLEMENTED]
 

@@ -217,7 +217,12 @@ class Plan:
 
     def method_sections(self, method: str) -> list[str]:
         """Config sections of a method's own settings (editing one reruns only that method)."""
-        sections = ["similarity", "lm"] if method in VARIANTS else []
+        sections = []
+        if method in VARIANTS:  # the similarity's, and its refiner's shared section if any
+            shared = {"lm": "lm", "prost-m": "prost", "prost-t": "prost"}
+            sections = ["similarity"] + [
+                s for s in [shared.get(VARIANTS[method].refiner)] if s is not None
+            ]
         return sections + ([method] if method in self.config else [])
 
     def similarity_train_settings(self, dataset: str, subject: str | None, method: str) -> str:

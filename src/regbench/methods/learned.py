@@ -1,12 +1,13 @@
-"""Registration on a learned similarity: the paper's method, its ablations, ProST, SOPI and
-CDReg.
+"""Registration on a learned similarity: the paper's method, its ablations, ProST-m/-t,
+SOPI and CDReg.
 
 ``lm`` variants (ours-*, abl-*) minimise ``1/2 |r|^2`` with Levenberg-Marquardt, r the latent
 residual between the X-ray and DRR-feature embeddings (its norm is the learned distance).
-ProST descends the learned distance with SGD, then polishes on diffdrr's gradient NCC. SOPI
-starts from its own initialiser and descends its distance by SGD with momentum and a
-triangular cyclic learning rate on unit gradient directions; CDReg descends its regressed
-distance with Adam (cosine-decayed learning rates).
+ProST-m and ProST-t descend the learned distance with SGD, then gradient NCC with SGD (ProST-m)
+or CMA-ES (ProST-t): :mod:`regbench.methods.prost`. SOPI starts from its own initialiser and
+descends its distance by SGD with momentum and a triangular cyclic learning rate on unit
+gradient directions; CDReg descends its regressed distance with Adam (cosine-decayed
+learning rates).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import math
 import torch
 from diffdrr.metrics import GradientNormalizedCrossCorrelation2d
 
-from regbench.geometry.poses import carm_params, carm_pose, perturb
+from regbench.geometry.poses import perturb
+from regbench.methods import prost
 from regbench.methods.base import Method, Trace
 from regbench.methods.similarity import BorderedSimilarity
 from regbench.models.residual import LatentResidual
@@ -50,7 +52,7 @@ class LearnedSimilarity(Method):
         self, image: torch.Tensor, init: torch.Tensor, trace: Trace
     ) -> tuple[torch.Tensor, int]:
         residual = self.residual_fn(image)
-        if self.variant.refiner == "prost":
+        if self.variant.refiner in ("prost-m", "prost-t"):
             return self._prost(residual, init, image, trace)
         if self.variant.refiner == "sgd-cyclic":
             return self._sopi(residual, init, trace)
@@ -152,49 +154,67 @@ class LearnedSimilarity(Method):
         return result.pose.detach(), int(result.iterations)
 
     def _prost(
-        self, residual, init: torch.Tensor, image: torch.Tensor, trace: Trace
+        self, residual: LatentResidual, init: torch.Tensor, image: torch.Tensor, trace: Trace
     ) -> tuple[torch.Tensor, int]:
-        """SGD on the learned distance, then Adam on diffdrr's gradient NCC (Gao et al.)."""
+        """Stage 1 on the learned distance, then stage 2 on gradient NCC (ProST-m: SGD with a
+        cyclic learning rate; ProST-t: CMA-ES)."""
         cfg = self.context.settings["prost"]
-        pose = init.double()[None]
-        for iteration in range(1, cfg["sgd_iterations"] + 1):
-            xi = torch.zeros(1, 6, dtype=torch.float64, requires_grad=True)
-            distance = 0.5 * (residual.in_pose(perturb(pose, xi)) ** 2).sum()
-            (g,) = torch.autograd.grad(distance, xi)
-            # Training matched gradient directions only, so steps are normalised per part and
-            # their length decays geometrically.
-            decay = cfg["step_decay"] ** (iteration - 1)
-            rot = g[:, :3] / (g[:, :3].norm() + 1e-12) * math.radians(cfg["step_rotation_deg"])
-            trans = g[:, 3:] / (g[:, 3:].norm() + 1e-12) * cfg["step_translation_mm"]
-            pose = perturb(pose, -decay * torch.cat([rot, trans], dim=-1)).detach()
-            trace.record(iteration, pose[0])
-        return self._gradncc_polish(pose[0], image, trace, cfg["sgd_iterations"])
+        L = self.setup.characteristic_length
+        pose, done = prost.sgd_stage(
+            lambda p: residual.in_pose(p).pow(2).sum(),  # the Euclidean latent's distance
+            init,
+            L,
+            lambda _: cfg["lr_similarity"],
+            cfg,
+            cfg["switch_tol"],
+            cfg["similarity_iterations"],
+            trace,
+        )
+        own = self.context.settings[self.name]
+        loss = self._gradncc_loss(image)
+        if self.variant.refiner == "prost-m":
+            pose, more = prost.sgd_stage(
+                loss,
+                pose,
+                L,
+                lambda it: triangular_lr(it, own["lr_min"], own["lr_max"], own["half_period"]),
+                cfg,
+                own["stop_tol"],
+                own["iterations"],
+                trace,
+                done,
+            )
+            return pose[0], done + more
+        scales = torch.tensor(
+            [math.radians(own["sigma_rotation_deg"])] * 3 + [own["sigma_translation_mm"] / L] * 3,
+            dtype=torch.float64,
+        )
+        base = pose.reshape(1, 4, 4)
 
-    def _gradncc_polish(
-        self, pose: torch.Tensor, image: torch.Tensor, trace: Trace, done: int
-    ) -> tuple[torch.Tensor, int]:
-        cfg = self.context.settings["prost"]
+        def poses(x: torch.Tensor) -> torch.Tensor:
+            return perturb(base.expand(len(x), 4, 4), prost.prost_increment(x * scales, L))
+
+        with torch.no_grad():
+            x, _, evaluations = prost.cmaes(
+                lambda x: loss(poses(x)),
+                6,
+                1.0,
+                own["population"],
+                own["max_evaluations"],
+                int(self.context.settings["seed"]),
+            )
+        best = poses(x[None])[0]
+        trace.record(done + evaluations, best)
+        return best, done + evaluations
+
+    def _gradncc_loss(self, image: torch.Tensor):
+        """``1 - gradient NCC`` of (N,4,4) poses against the X-ray, inside its border -> (N,)."""
         renderer = self.context.renderer
         metric = BorderedSimilarity(GradientNormalizedCrossCorrelation2d(), self.context.border_px)
         target = image.to(renderer.device)
-        rot0, trans0 = carm_params(pose[None].float())
-        rotation = rot0.clone().requires_grad_(True)
-        translation = trans0.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam(
-            [
-                {"params": [rotation], "lr": cfg["polish_lr_rotation"]},
-                {"params": [translation], "lr": cfg["polish_lr_translation"]},
-            ],
-            maximize=True,
-        )
-        best, best_pose = -float("inf"), pose
-        for iteration in range(1, cfg["polish_iterations"] + 1):
-            current = carm_pose(rotation, translation)
-            score = metric(renderer.render(current, self.context.n_points), target).mean()
-            optimizer.zero_grad()
-            score.backward()
-            if score.item() > best:
-                best, best_pose = score.item(), current.detach()[0].double()
-            optimizer.step()
-            trace.record(done + iteration, best_pose)
-        return best_pose, done + cfg["polish_iterations"]
+
+        def loss(pose: torch.Tensor) -> torch.Tensor:
+            drr = renderer.render(pose.float(), self.context.n_points)
+            return (1 - metric(drr, target.expand(len(pose), *target.shape[1:]))).double()
+
+        return loss

@@ -13,12 +13,15 @@ class Variant:
     volume: str  # "e3nn" | "cnn3d" | "identity"
     latent: str  # "spherical" | "euclidean" | "hyperbolic" | "learned" (a trained head)
     target: str  # "se3" | "so4": the pose distance training matches or regresses
-    refiner: str  # "lm" | "prost" | "sgd-cyclic" (SOPI) | "adam" (CDReg)
+    refiner: str  # "lm" | "prost-m" | "prost-t" (methods/prost.py) | "sgd-cyclic" (SOPI) | "adam" (CDReg)
     # "latent": SimilarityModel (timm encoders, latent geometry); "sopi", "cdreg": the
     # baselines' own networks (regbench.models.sopi, regbench.models.cdreg).
     model: str = "latent"
-    # "matching": gradient directions (plus unrolled LM for "lm" refiners); "convex": CDReg's
-    # regression of the distance to a convex function of the pose distance.
+    # "matching": unit rotational and translational parts of the pose gradient (ours, ProST
+    # MICCAI 2020; plus the unrolled LM for "lm" refiners); "geodesic": the squared SE(3)
+    # geodesic distance between the similarity's and the target's gradient vectors (ProST TMI
+    # 2023); "convex": CDReg's regression of the distance to a convex function of the pose
+    # distance.
     loss: str = "matching"
 
     @property
@@ -35,7 +38,8 @@ VARIANTS: dict[str, Variant] = {
     "abl-hyperbolic": Variant("e3nn", "hyperbolic", "so4", "lm"),
     "abl-no-ecnn": Variant("identity", "spherical", "so4", "lm"),
     "abl-cnn3d": Variant("cnn3d", "spherical", "so4", "lm"),
-    "prost": Variant("cnn3d", "euclidean", "se3", "prost"),
+    "prost-m": Variant("cnn3d", "euclidean", "se3", "prost-m"),
+    "prost-t": Variant("cnn3d", "euclidean", "se3", "prost-t", loss="geodesic"),
     # SOPI (Chen et al., ICASSP 2024): the DRR alone through two composite encoders, their
     # multi-level feature MSE (a Euclidean latent) trained by gradient matching on ProST's SE(3)
     # geodesic; SGD with momentum and a cyclic learning rate; its own initialiser.
