@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
+from regbench.geometry.poses import scale_translation
 from regbench.methods.base import Trace
-from regbench.methods.prost import cmaes, plateaued, prost_increment, sgd_stage
+from regbench.methods.prost import cmaes, plateaued, sgd_stage
 from regbench.models.variants import VARIANTS
-from regbench.train.similarity import direction_loss, geodesic_gradient_loss, prost_coordinates
+from regbench.train.similarity import direction_loss, geodesic_gradient_loss
 
 L = 500.0
 CFG = {"momentum": 0.9, "window": 10}
@@ -55,8 +56,8 @@ def test_geodesic_loss_has_finite_gradients_at_a_match():
 
 def test_prost_coordinates_roundtrip():
     g = torch.tensor([[1.0, 2.0, 3.0, 0.1, 0.2, 0.3]])
-    assert torch.allclose(prost_coordinates(g, L), torch.tensor([[1.0, 2.0, 3.0, 50, 100, 150]]))
-    assert torch.allclose(prost_increment(torch.tensor([[0.0, 0, 0, 0.01, 0, 0]]), L)[0, 3:],
+    assert torch.allclose(scale_translation(g, L), torch.tensor([[1.0, 2.0, 3.0, 50, 100, 150]]))
+    assert torch.allclose(scale_translation(torch.tensor([[0.0, 0, 0, 0.01, 0, 0]]), L)[0, 3:],
                           torch.tensor([5.0, 0, 0]))  # fmt: skip
 
 

@@ -66,6 +66,8 @@ OPTIMIZER_STUDY_METHOD = "ours-so4"
 BASE_SECTIONS = ("seed", "device", "threads")
 # What a registration depends on besides its method's own sections.
 REGISTER_SECTIONS = ("prior", "render", "regressor", "geometry", "augment")
+# Config sections shared by the refiners of several learned similarities (ProST-m/-t's stage 1)
+REFINER_SECTIONS = {"lm": "lm", "prost-m": "prost", "prost-t": "prost"}
 
 
 def alternatives(names) -> str:
@@ -219,10 +221,8 @@ class Plan:
         """Config sections of a method's own settings (editing one reruns only that method)."""
         sections = []
         if method in VARIANTS:  # the similarity's, and its refiner's shared section if any
-            shared = {"lm": "lm", "prost-m": "prost", "prost-t": "prost"}
-            sections = ["similarity"] + [
-                s for s in [shared.get(VARIANTS[method].refiner)] if s is not None
-            ]
+            shared = REFINER_SECTIONS.get(VARIANTS[method].refiner)
+            sections = ["similarity"] + ([shared] if shared else [])
         return sections + ([method] if method in self.config else [])
 
     def similarity_train_settings(self, dataset: str, subject: str | None, method: str) -> str:

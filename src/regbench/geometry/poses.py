@@ -94,6 +94,14 @@ def se3_log(transform: torch.Tensor) -> torch.Tensor:
     return torch.cat([log[..., 3:], log[..., :3]], dim=-1)
 
 
+def scale_translation(x: torch.Tensor, L: float) -> torch.Tensor:
+    """(...,6) rotation and translation parts with the translational part times ``L``. ProST
+    divides translations by a characteristic length: this maps its pose coordinates
+    ``(omega, v / L)`` to camera increments ``(omega, v [mm])`` and, by the chain rule, a
+    gradient w.r.t. camera increments to one w.r.t. ProST's coordinates."""
+    return torch.cat([x[..., :3], L * x[..., 3:]], dim=-1)
+
+
 def perturb(pose: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
     """Right perturbation ``pose @ exp(xi)``: the increment is expressed in the camera frame."""
     return _batched(pose) @ se3_exp(xi)

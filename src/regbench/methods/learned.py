@@ -18,7 +18,7 @@ import math
 import torch
 from diffdrr.metrics import GradientNormalizedCrossCorrelation2d
 
-from regbench.geometry.poses import perturb
+from regbench.geometry.poses import perturb, scale_translation
 from regbench.methods import prost
 from regbench.methods.base import Method, Trace
 from regbench.methods.similarity import BorderedSimilarity
@@ -192,7 +192,7 @@ class LearnedSimilarity(Method):
         base = pose.reshape(1, 4, 4)
 
         def poses(x: torch.Tensor) -> torch.Tensor:
-            return perturb(base.expand(len(x), 4, 4), prost.prost_increment(x * scales, L))
+            return perturb(base.expand(len(x), 4, 4), scale_translation(x * scales, L))
 
         with torch.no_grad():
             x, _, evaluations = prost.cmaes(

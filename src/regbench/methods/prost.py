@@ -31,13 +31,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from regbench.geometry.poses import perturb
+from regbench.geometry.poses import perturb, scale_translation
 from regbench.methods.base import Trace
-
-
-def prost_increment(u: torch.Tensor, L: float) -> torch.Tensor:
-    """ProST's coordinates ``(omega, v / L)`` -> camera increments ``(omega, v [mm])``."""
-    return torch.cat([u[..., :3], L * u[..., 3:]], dim=-1)
 
 
 def plateaued(values: list[float], window: int, tol: float) -> bool:
@@ -58,7 +53,7 @@ def sgd_stage(
     done: int = 0,
 ) -> tuple[torch.Tensor, int]:
     """SGD with momentum ``cfg["momentum"]`` on ``cost(pose)`` (summed) over ``u`` (pose = init @
-    exp(prost_increment(u))), learning rate ``lr(iteration)`` (iteration from 0), until the cost
+    exp(scale_translation(u, L))), learning rate ``lr(iteration)`` (iteration from 0), until the cost
     plateaus (:func:`plateaued` with ``cfg["window"]`` and ``tol``) or ``max_iterations``.
     Returns the last pose (1,4,4) and the iterations taken; a non-finite cost ends the stage at
     the last finite pose."""
@@ -67,7 +62,7 @@ def sgd_stage(
     optimizer = torch.optim.SGD([u], lr=lr(0), momentum=cfg["momentum"])
     pose, history = base, []
     for iteration in range(max_iterations):
-        current = perturb(base, prost_increment(u, L))
+        current = perturb(base, scale_translation(u, L))
         value = cost(current).sum()
         if not torch.isfinite(value):
             return pose, iteration
@@ -80,8 +75,8 @@ def sgd_stage(
         optimizer.zero_grad()
         value.backward()
         optimizer.step()
-        trace.record(done + iteration + 1, perturb(base, prost_increment(u.detach(), L)))
-    return perturb(base, prost_increment(u.detach(), L)), max_iterations
+        trace.record(done + iteration + 1, perturb(base, scale_translation(u.detach(), L)))
+    return perturb(base, scale_translation(u.detach(), L)), max_iterations
 
 
 def cmaes(

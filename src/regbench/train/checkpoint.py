@@ -24,6 +24,14 @@ def fingerprint(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def own_model_settings(settings: dict, method: str) -> dict:
+    """The part of the config a method's own model depends on (its checkpoint fingerprint):
+    the training DRRs' rendering and the ``training`` part of the method's section (not its
+    ``registration`` part, which reruns registrations only)."""
+    keys = ("seed", "prior", "render", "geometry", "augment")
+    return {**{k: settings[k] for k in keys}, method: {"training": settings[method]["training"]}}
+
+
 def load_checkpoint(path: str | Path, settings: dict | None = None) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`; refuse a foreign or broken one."""
     path = Path(path)

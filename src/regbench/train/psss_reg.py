@@ -21,19 +21,12 @@ from regbench.data.subject import Prepared
 from regbench.geometry.poses import carm_pose
 from regbench.geometry.priors import PosePrior
 from regbench.models.psss_net import NetShape, PSSSNet
-from regbench.train.checkpoint import TrainingState, load_trained
+from regbench.train.checkpoint import TrainingState, load_trained, own_model_settings
 from regbench.train.xray_domain import TrainingXrays
 
 log = logging.getLogger(__name__)
 
 METHOD = "psss-reg"
-
-
-def psss_reg_settings(settings: dict) -> dict:
-    """The part of the config the model depends on (its checkpoint fingerprint): the training
-    DRRs' rendering and the section's ``training`` part (not its ``registration`` part)."""
-    keys = ("seed", "prior", "render", "geometry", "augment")
-    return {**{k: settings[k] for k in keys}, METHOD: {"training": settings[METHOD]["training"]}}
 
 
 def net_shape(cfg: dict) -> NetShape:
@@ -82,7 +75,7 @@ def train_psss_reg(
     """Train and write ``out`` (checkpoint), ``log_csv`` and a config snapshot beside them;
     resumable from ``out.with_suffix('.partial')`` like the regressor's training."""
     cfg = settings[METHOD]["training"]
-    fp_settings = {**psss_reg_settings(settings), "subject_seed": seed}
+    fp_settings = {**own_model_settings(settings, METHOD), "subject_seed": seed}
     xrays = TrainingXrays(prepared, settings, device)
     clinical = PosePrior.from_config(settings["prior"])
 
@@ -113,7 +106,7 @@ def train_psss_reg(
 
 def load_psss_reg(path: str | Path, settings: dict, device: torch.device) -> PSSSNet:
     """Load a trained model; refused when it was trained under other settings."""
-    blob = load_trained(path, psss_reg_settings(settings), f"{METHOD} model")
+    blob = load_trained(path, own_model_settings(settings, METHOD), f"{METHOD} model")
     cfg = settings[METHOD]["training"]
     model = PSSSNet(net_shape(cfg), PosePrior.from_config(settings["prior"]), blob["geometry"])
     model.load_state_dict(blob["state_dict"])

@@ -18,19 +18,12 @@ from regbench.geometry.poses import carm_pose
 from regbench.geometry.priors import PosePrior
 from regbench.models.scene_coordinates import SceneCoordinateNet
 from regbench.rendering.scene_coordinates import BoneEntryExit
-from regbench.train.checkpoint import TrainingState, load_trained
+from regbench.train.checkpoint import TrainingState, load_trained, own_model_settings
 from regbench.train.xray_domain import TrainingXrays
 
 log = logging.getLogger(__name__)
 
 METHOD = "scr-reg"
-
-
-def scr_reg_settings(settings: dict) -> dict:
-    """The part of the config the model depends on (its checkpoint fingerprint): the training
-    DRRs' rendering and the section's ``training`` part (not its ``registration`` part)."""
-    keys = ("seed", "prior", "render", "geometry", "augment")
-    return {**{k: settings[k] for k in keys}, METHOD: {"training": settings[METHOD]["training"]}}
 
 
 def heteroscedastic_loss(
@@ -94,7 +87,7 @@ def train_scr_reg(
     """Train and write ``out`` (checkpoint), ``log_csv`` and a config snapshot beside them;
     resumable from ``out.with_suffix('.partial')`` like the regressor's training."""
     cfg = settings[METHOD]["training"]
-    fp_settings = {**scr_reg_settings(settings), "subject_seed": seed}
+    fp_settings = {**own_model_settings(settings, METHOD), "subject_seed": seed}
     data = SceneCoordinateXrays(prepared, settings, cfg["bone_threshold_hu"], device)
     prior = PosePrior.from_config(settings["prior"], scale=cfg["prior_scale"])
 
@@ -125,7 +118,7 @@ def train_scr_reg(
 
 def load_scr_reg(path: str | Path, settings: dict, device: torch.device) -> SceneCoordinateNet:
     """Load a trained model; its fingerprint must match the current settings."""
-    blob = load_trained(path, scr_reg_settings(settings), f"{METHOD} model")
+    blob = load_trained(path, own_model_settings(settings, METHOD), f"{METHOD} model")
     model = SceneCoordinateNet(
         blob["base_channels"], blob["depth"], blob["scale_mm"], blob["geometry"]
     )

@@ -5,8 +5,8 @@ X-ray, or a pose near the truth), two losses:
 
 * gradient matching (ProST's idea): the pose gradient of the learned distance,
   g = ds/dxi at xi = 0 (T(xi) = T @ exp(xi)), is pushed towards the gradient of the true
-  pose distance g* = d(1/2 d(T(xi), T_gt)^2)/dxi (se(3) or SO(4)). The variant's ``matching``
-  says how: ``"direction"`` matches the directions of the rotational and translational parts
+  pose distance g* = d(1/2 d(T(xi), T_gt)^2)/dxi (se(3) or SO(4)). The variant's ``loss``
+  says how: ``"matching"`` matches the directions of the rotational and translational parts
   only (ProST MICCAI 2020, ``train.py``; ours), ``"geodesic"`` the vectors themselves, by their
   squared SE(3) geodesic distance in ProST's coordinates (ProST TMI 2023, ``loss_geodesic.py``:
   :func:`geodesic_gradient_loss`);
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from regbench.data.subject import Prepared
-from regbench.geometry.poses import carm_params, carm_pose, hat, perturb
+from regbench.geometry.poses import carm_params, carm_pose, hat, perturb, scale_translation
 from regbench.geometry.priors import PosePrior
 from regbench.geometry.so4 import rotation_angle_sq
 from regbench.geometry.targets import pose_distance_mm, training_target
@@ -115,13 +115,6 @@ def direction_loss(g: torch.Tensor, target: torch.Tensor, eps: float = 1e-12) ->
     return loss.mean()
 
 
-def prost_coordinates(g: torch.Tensor, L: float) -> torch.Tensor:
-    """(N,6) gradients w.r.t. camera increments (omega [rad], v [mm]) -> w.r.t. ProST's pose
-    coordinates (omega, v / L): the translational part times ``L`` (ProST divides translations
-    by a characteristic length, half the CT's extent in its code)."""
-    return torch.cat([g[..., :3], L * g[..., 3:]], dim=-1)
-
-
 def geodesic_gradient_loss(g: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """ProST-t's loss: mean over the batch of the squared SE(3) geodesic distance between the
     gradient vectors ``g`` and ``target`` (N,6), each read as a pose (rotation vector,
@@ -193,7 +186,7 @@ def matching_loss(
     target = training_target(start, pose_gt, L, model.variant.target)
     if model.variant.loss == "geodesic":
         loss = geodesic_gradient_loss(
-            prost_coordinates(g.double(), L), prost_coordinates(target.double(), L)
+            scale_translation(g.double(), L), scale_translation(target.double(), L)
         )
         return loss, distance.detach()
     return direction_loss(g.double(), target.double()), distance.detach()
@@ -313,8 +306,9 @@ def step_losses(
 ) -> dict[str, tuple[float, torch.Tensor]]:
     """A training step's ``{name: (weight, loss)}`` for the model's variant:
 
-    * this paper's models (and ProST): gradient matching, the unrolled LM (distance to the
-      truth in mm, weight ``lm_loss_weight``) and the X-ray encoder's bone-contrast estimate
+    * this paper's models and ProST: gradient matching (ProST-t: its geodesic form), the
+      unrolled LM for LM-refined variants only (distance to the truth in mm, weight
+      ``lm_loss_weight``) and the X-ray encoder's bone-contrast estimate
       against the training X-ray's own multiplier (log-squared error,
       ``contrast_loss_weight``);
     * SOPI: gradient matching and its initialiser's loss (:mod:`regbench.train.sopi`,
