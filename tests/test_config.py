@@ -20,7 +20,8 @@ def check(cfg):
 
 def test_default_and_test_configs_are_valid_and_filled():
     cfg = check(load(REPO / "config.yaml"))
-    assert {"posenet", "diffpose", "bobyqa"} <= set(cfg["methods"])
+    assert {"posenet", "diffpose", "ours-so4"} <= set(cfg["methods"])
+    assert "bobyqa" in cfg["datasets"]["embedded-cohort"]["agnostic"]["methods"]
     assert cfg["diffpose"]["lr_rotation"] == 0.01  # default filled from the schema
     check(load(REPO / "tests" / "e2e" / "config.yaml"))
 

@@ -50,11 +50,11 @@ def test_default_plan_targets(default_config):
 
 def test_listed_but_unimplemented_methods_get_table_rows_not_jobs(default_config, monkeypatch):
     # Every method of the tables is implemented: a listed one without a class is simulated.
-    monkeypatch.setattr("regbench.planning.IMPLEMENTED", IMPLEMENTED - {"sopi"})
+    monkeypatch.setattr("regbench.planning.IMPLEMENTED", IMPLEMENTED - {"dflnet"})
     plan = Plan(default_config)
-    assert "sopi" in default_config["methods"] and "sopi" not in plan.run_methods
-    assert not plan.names_configured({"dataset": "embedded", "method": "sopi"})
-    assert not any(path.endswith("/sopi.csv") for path in plan.run_csvs())
+    assert "dflnet" in default_config["methods"] and "dflnet" not in plan.run_methods
+    assert not plan.names_configured({"dataset": "embedded", "method": "dflnet"})
+    assert not any(path.endswith("/dflnet.csv") for path in plan.run_csvs())
 
 
 def test_no_optimizer_study_without_ours_so4(default_config):

@@ -47,13 +47,23 @@ def label_centroids(
         kept.append((label, name))
     if not kept:
         return pd.DataFrame([], columns=COLUMNS)
-    centres = ndimage.center_of_mass(np.ones(labels.shape), labels, [lab for lab, _ in kept])
+    centres = [_centroid(labels, label, boxes[label - 1]) for label, _ in kept]
     world = voxel_to_world(affine, np.asarray(centres, dtype=float))
     rows = [
         {"name": name, "x": p[0], "y": p[1], "z": p[2]}
         for (_, name), p in zip(kept, world, strict=True)
     ]
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _centroid(labels: np.ndarray, label: int, box: tuple[slice, ...]) -> np.ndarray:
+    """Voxel centroid of one label from its bounding box only (ndimage.center_of_mass makes a
+    pass over the whole volume per coordinate: ~10 s of the chest's preparation). The sum of
+    voxel indices is an exact integer divided once, so it is the same float as
+    center_of_mass's."""
+    local = np.argwhere(labels[box] == label)
+    start = np.array([b.start for b in box], dtype=np.int64)
+    return (local.sum(axis=0) + len(local) * start) / float(len(local))
 
 
 def write_landmarks(df: pd.DataFrame, path: str | Path) -> None:
