@@ -22,11 +22,13 @@ from regbench.geometry.poses import perturb, scale_translation
 from regbench.methods import prost
 from regbench.methods.base import Method, Trace
 from regbench.methods.similarity import BorderedSimilarity
+from regbench.models.imaging import Imaging
 from regbench.models.residual import LatentResidual
 from regbench.models.similarity import resize_images
 from regbench.models.variants import VARIANTS
 from regbench.optim.first_order import descend, triangular_lr
 from regbench.optim.lm import levenberg_marquardt, pose_residual
+from regbench.train.similarity import uses_imaging_model
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ class LearnedSimilarity(Method):
             return self._sopi(residual, init, trace)
         if self.variant.refiner == "adam":
             return self._cdreg(residual, init, trace)
+        if uses_imaging_model(self.name, self.context.settings["similarity"]):
+            return self._lm_with_imaging_fit(residual, init, trace)
         return self._lm(residual, init, trace)
 
     def residual_fn(self, image: torch.Tensor) -> LatentResidual:
@@ -134,13 +138,14 @@ class LearnedSimilarity(Method):
         return pose, n
 
     def _lm(
-        self, residual: LatentResidual, init: torch.Tensor, trace: Trace
+        self, residual: LatentResidual, init: torch.Tensor, trace: Trace, offset: int = 0
     ) -> tuple[torch.Tensor, int]:
+        """LM on the residual from ``init``; its iterations are recorded from ``offset + 1``."""
         cfg = self.context.settings["lm"]
         L = self.setup.characteristic_length
 
         def record(iteration, pose, cost, lam):
-            trace.record(int(iteration) + 1, pose[0])  # iteration 0 is the initial pose
+            trace.record(offset + int(iteration) + 1, pose[0])  # iteration 0: the initial pose
 
         result = levenberg_marquardt(
             pose_residual(residual),
@@ -152,6 +157,18 @@ class LearnedSimilarity(Method):
             callback=record,
         )
         return result.pose.detach(), int(result.iterations)
+
+    def _lm_with_imaging_fit(
+        self, residual: LatentResidual, init: torch.Tensor, trace: Trace
+    ) -> tuple[torch.Tensor, int]:
+        """LM with the training domain's mean imaging model, the X-ray's detector blur and
+        display gamma fitted at the pose it reached, then LM again from there with them
+        (:mod:`regbench.models.imaging`; the trajectory goes on counting iterations)."""
+        residual.set_imaging(Imaging.start(len(residual.xrays)))
+        pose, first = self._lm(residual, init, trace)
+        residual.fit_imaging(pose[None])
+        pose, second = self._lm(residual, pose, trace, offset=first)
+        return pose, first + second
 
     def _prost(
         self, residual: LatentResidual, init: torch.Tensor, image: torch.Tensor, trace: Trace

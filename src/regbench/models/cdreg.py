@@ -175,7 +175,10 @@ class CdregModel(EmbeddingSimilarity):
         self._map_size = tuple(low.shape[-2:])
         return torch.cat([low.flatten(1), high.flatten(1)], dim=-1)
 
-    def embed_xray(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_xray(
+        self, images: torch.Tensor, gamma: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``gamma`` is not used: this model has no imaging model."""
         bone = self.bone_attenuation.double().expand(len(images))
         return self._embed(images.expand(-1, self.channels, -1, -1), "xray"), bone
 

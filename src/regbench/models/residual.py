@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from regbench.models.imaging import Imaging, compose_drr, fit_imaging
 from regbench.models.similarity import EmbeddingSimilarity, SimilarityGeometry
 
 FD_STEP = 3e-3  # tangent step, relative to the images' RMS (float32 encoders)
@@ -28,21 +29,67 @@ class LatentResidual:
         setup: SimilarityGeometry,
         xrays: torch.Tensor,
         features: torch.Tensor,
+        imaging: Imaging | None = None,
     ) -> None:
         self.model, self.setup = model, setup
-        self.features = features
-        self.e_x, self.bone = model.embed_xray(xrays)
+        self.features, self.xrays = features, xrays
+        self._last: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.set_imaging(imaging)
         self.projector = setup.fast_projector or setup.projector
         learned = features[1:].detach()
         self.table = self.projector.prepare(learned) if len(learned) else None
-        self._last: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def set_imaging(self, imaging: Imaging | None) -> None:
+        """Use the X-rays' imaging model ``imaging`` (None: unblurred DRR, X-ray as it is)."""
+        self.imaging = imaging
+        gamma = None if imaging is None else imaging.gamma
+        self.e_x, self.bone = self.model.embed_xray(self.xrays, gamma)
+        self._last = None
+
+    @property
+    def blur(self) -> torch.Tensor | None:
+        return None if self.imaging is None else self.imaging.blur
+
+    def fit_imaging(self, pose: torch.Tensor) -> Imaging:
+        """Fit each X-ray's detector blur and display gamma to the learned distance at
+        ``pose`` (N,4,4) (:func:`regbench.models.imaging.fit_imaging`), and use them."""
+        with torch.no_grad():
+            parts = self.setup.drr(pose)
+            learned = None
+            if self.table is not None:
+                learned = self.projector(self.table, pose.to(self.table.dtype), self.setup.n_points)
+            fitted = []
+            for i in range(len(pose)):
+                fitted.append(fit_imaging(self._imaging_cost(i, parts[i : i + 1], learned)))
+        blur, gamma = (torch.tensor(v, dtype=torch.float64) for v in zip(*fitted, strict=True))
+        imaging = Imaging(blur, gamma)
+        self.set_imaging(imaging)
+        return imaging
+
+    def _imaging_cost(self, i: int, parts: torch.Tensor, learned: torch.Tensor | None):
+        """``(blur (K,), gamma (K,)) -> (K,)`` squared residual of X-ray ``i`` at a fixed pose
+        (its DRR parts ``parts`` (1,2,H,W) and learned channels ``learned``)."""
+        xray = self.xrays[i : i + 1]
+        bone = self.bone.detach()[i : i + 1]
+
+        def cost(blurs: torch.Tensor, gammas: torch.Tensor) -> torch.Tensor:
+            ub, bi = torch.unique(blurs, return_inverse=True)
+            ug, gi = torch.unique(gammas, return_inverse=True)
+            drr = compose_drr(parts.expand(len(ub), -1, -1, -1), bone.expand(len(ub)), ub)
+            if learned is not None:
+                drr = torch.cat(
+                    [drr.to(learned.dtype), learned[i : i + 1].expand(len(ub), -1, -1, -1)], 1
+                )
+            e_d = self.model.embed_drr_images(drr)
+            e_x, _ = self.model.embed_xray(xray.expand(len(ug), -1, -1, -1), ug)
+            return self.model.residual(e_x[gi], e_d[bi]).double().pow(2).sum(-1)
+
+        return cost
 
     def images(self, pose: torch.Tensor) -> torch.Tensor:
         """(N,C,H,W) DRR branch input at ``pose`` from the fixed features; differentiable in
         the pose only."""
-        parts = self.setup.drr(pose)
-        bone = self.bone.detach().to(parts.dtype)[:, None, None, None]
-        drr = parts[:, :1] + bone * parts[:, 1:2]
+        drr = compose_drr(self.setup.drr(pose), self.bone.detach(), self.blur)
         if self.table is None:
             return drr
         learned = self.projector(self.table, pose.to(self.table.dtype), self.setup.n_points)
@@ -62,10 +109,12 @@ class LatentResidual:
         n = len(pose)
         parts, jac = self.setup.drr_and_jacobian(pose)
         h, w = parts.shape[-2:]
-        bone = self.bone.detach().to(parts.dtype)
-        jac = jac.reshape(n, 2, h, w, 6)
-        drr = parts[:, :1] + bone[:, None, None, None] * parts[:, 1:2]
-        tangents = [jac[:, :1] + bone[:, None, None, None, None] * jac[:, 1:2]]
+        bone = self.bone.detach()
+        jac = jac.reshape(n, 2, h, w, 6).permute(0, 4, 1, 2, 3).reshape(n * 6, 2, h, w)
+        drr = compose_drr(parts, bone, self.blur)
+        blur6 = None if self.blur is None else self.blur.repeat_interleave(6)
+        tangent = compose_drr(jac, bone.repeat_interleave(6), blur6)  # linear in the parts
+        tangents = [tangent.reshape(n, 6, 1, h, w).permute(0, 2, 3, 4, 1)]
         images = [drr]
         if self.table is not None:
             with torch.no_grad():
@@ -115,5 +164,5 @@ class LatentResidual:
     def with_grad(self, pose: torch.Tensor) -> torch.Tensor:
         """Residual at ``pose`` with gradients to the model's parameters (features through the
         differentiable projector, encoders, gains) and to the pose."""
-        e_d = self.model.embed_drr(self.setup, self.features, pose, self.bone)
+        e_d = self.model.embed_drr(self.setup, self.features, pose, self.bone, self.blur)
         return self.model.residual(self.e_x, e_d).double()

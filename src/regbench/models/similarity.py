@@ -14,6 +14,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from regbench.models.imaging import compose_drr, linearise_display
 from regbench.models.inputs import standardize
 from regbench.models.latent import make_latent
 from regbench.models.variants import Variant
@@ -37,7 +38,10 @@ class EmbeddingSimilarity(torch.nn.Module):
         """(X,Y,Z) density -> (C,X,Y,Z) feature volume."""
         return self.volume_net(density)
 
-    def embed_xray(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_xray(
+        self, images: torch.Tensor, gamma: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``gamma`` (N,): the X-rays' display gamma, for models with an imaging model."""
         raise NotImplementedError
 
     def embed_drr_images(self, drr: torch.Tensor) -> torch.Tensor:
@@ -49,10 +53,11 @@ class EmbeddingSimilarity(torch.nn.Module):
         features: torch.Tensor,
         pose: torch.Tensor,
         bone: torch.Tensor,
+        blur: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Render the DRR branch's input at ``pose`` (N,4,4) with bone contrast ``bone`` (N,)
-        and embed it."""
-        return self.embed_drr_images(setup.images(features, pose, bone))
+        and detector blur ``blur`` (N,) [px] and embed it."""
+        return self.embed_drr_images(setup.images(features, pose, bone, blur))
 
     def distance(self, e_x: torch.Tensor, e_d: torch.Tensor) -> torch.Tensor:
         return self.latent.distance(e_x, e_d)
@@ -121,15 +126,19 @@ class SimilarityModel(EmbeddingSimilarity):
             return standardize(images)
         return F.pad(standardize(self._inside(images)), (c, c, c, c))
 
-    def embed_xray(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_xray(
+        self, images: torch.Tensor, gamma: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(N,1,H,W) X-rays at the similarity's detector size -> (N,D) embeddings and (N,)
         bone contrasts: the X-ray encoder's last output is the log of the X-ray's bone
         attenuation multiplier, with which the DRR channel is composed (see
-        :meth:`SimilarityGeometry.images`)."""
+        :meth:`SimilarityGeometry.images`). The encoder sees the X-ray as it is; the image
+        terms see it with the display ``gamma`` (N,) undone, where given
+        (:mod:`regbench.models.imaging`)."""
         inputs = self.standardize_inside(images).float()
         out = self.encoder_xray(inputs)
         bone = torch.exp(out[:, -1].double().clamp(-3.0, 3.0))
-        return self._embed(images, out[:, :-1]), bone
+        return self._embed(linearise_display(images, gamma), out[:, :-1]), bone
 
     def embed_drr_images(self, drr: torch.Tensor) -> torch.Tensor:
         """(N,C,H,W) DRR branch input (channel 0 the DRR) -> (N,D) embeddings."""
@@ -245,13 +254,16 @@ class SimilarityGeometry:
         return projector(learned, pose.to(learned.dtype), self.n_points)
 
     def images(
-        self, features: torch.Tensor, pose: torch.Tensor, bone: torch.Tensor
+        self,
+        features: torch.Tensor,
+        pose: torch.Tensor,
+        bone: torch.Tensor,
+        blur: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(N,C,H,W): the DRR branch's input at ``pose`` (see the class docstring), the DRR
-        composed with bone multipliers ``bone`` (N,)."""
+        composed with bone multipliers ``bone`` (N,) and blurred by ``blur`` (N,) [px]."""
         learned = self.feature_images(features, pose)
-        parts = self.drr(pose).to(learned.dtype)
-        drr = parts[:, :1] + bone.to(parts.dtype)[:, None, None, None] * parts[:, 1:2]
+        drr = compose_drr(self.drr(pose).to(learned.dtype), bone, blur)
         return torch.cat([drr, learned], dim=1)
 
     def training_xrays(self):

@@ -186,7 +186,10 @@ class SopiModel(EmbeddingSimilarity):
         levels = encoder(standardize(image).float())
         return torch.cat([f.flatten(1) / f[0].numel() ** 0.5 for f in levels], dim=-1).double()
 
-    def embed_xray(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_xray(
+        self, images: torch.Tensor, gamma: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``gamma`` is not used: this model has no imaging model."""
         bone = self.bone_attenuation.double().expand(len(images))
         return self._embed(self.encoder_xray, images), bone
 

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from regbench.models.imaging import Imaging, degradation_blur
 from regbench.rendering.simulator import degrade
 
 
@@ -15,17 +16,30 @@ def _uniform(generator: torch.Generator, lo: float, hi: float) -> float:
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Each image gets its own noise level, blur, gamma and collimation."""
-    out = []
+    return augment_with_imaging(images, generator)[0]
+
+
+def augment_with_imaging(
+    images: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, Imaging]:
+    """:func:`augment` and each image's imaging model (the effective blur of the kernel that
+    was applied, and the gamma), which the learned similarity's DRR branch is trained with."""
+    out, blurs, gammas = [], [], []
     for img in images:
+        photons = math.exp(_uniform(generator, math.log(3e3), math.log(2e5)))
+        attenuation_scale = _uniform(generator, 2.0, 4.0)
+        blurs.append(_uniform(generator, 0.0, 1.2))
+        gammas.append(_uniform(generator, 0.7, 1.6))
         out.append(
             degrade(
                 img[None],
                 generator,
-                photons=math.exp(_uniform(generator, math.log(3e3), math.log(2e5))),
-                attenuation_scale=_uniform(generator, 2.0, 4.0),
-                blur_px=_uniform(generator, 0.0, 1.2),
-                gamma=_uniform(generator, 0.7, 1.6),
+                photons=photons,
+                attenuation_scale=attenuation_scale,
+                blur_px=blurs[-1],
+                gamma=gammas[-1],
                 collimation_px=int(_uniform(generator, 0, 5)),
             )
         )
-    return torch.cat(out)
+    imaging = Imaging(degradation_blur(blurs), torch.tensor(gammas, dtype=torch.float64))
+    return torch.cat(out), imaging

@@ -225,6 +225,12 @@ def unrolled_lm_loss(
     return distance.mean(), distance.detach()
 
 
+def uses_imaging_model(variant: str, cfg: dict) -> bool:
+    """Whether ``variant``'s similarity models the X-ray's imaging chain
+    (:mod:`regbench.models.imaging`): the LM-refined variants, unless switched off."""
+    return VARIANTS[variant].refiner == "lm" and bool(cfg.get("imaging_model", True))
+
+
 def train_similarity(
     prepared: Prepared,
     variant: str,
@@ -273,10 +279,12 @@ def run_similarity_training(
     state = TrainingState(model, optimizer, scheduler, generator, fp_settings)
     regressor.eval()
 
+    modelled = uses_imaging_model(variant, cfg)
+
     def step_loss() -> tuple[torch.Tensor, str]:
         setup = setup_for_step(generator)
         pose_gt = carm_pose(*train_prior.sample_params(cfg["batch_size"], generator))
-        xrays, bone = setup.training_xrays().sample_with_bone(pose_gt, generator)
+        xrays, bone, imaging = setup.training_xrays().sample_with_domain(pose_gt, generator)
         xrays = xrays.to(device)
         detector = setup.prepared.geometry  # the regressor sees X-rays at their own size
         with torch.no_grad():
@@ -285,7 +293,9 @@ def run_similarity_training(
             )
         start = sample_starts(pose_gt, initial.cpu(), cfg, generator)
         # One X-ray encoder pass and one projection of the start poses serve every loss.
-        residual = LatentResidual(model, setup, xrays, model.features(setup.density))
+        residual = LatentResidual(
+            model, setup, xrays, model.features(setup.density), imaging if modelled else None
+        )
         terms = step_losses(residual, start, pose_gt, xrays, bone, cfg)
         total = sum(weight * value for weight, value in terms.values())
         parts = ", ".join(f"{name} {value.item():.4f}" for name, (_, value) in terms.items())

