@@ -40,6 +40,7 @@ class LearnedSimilarity(Method):
         self.variant = VARIANTS[name]
         self.model = context.similarity
         self.setup = context.similarity_setup
+        self.imaging_model = uses_imaging_model(name, context.settings.get("similarity", {}))
         with torch.no_grad():
             self.features = self.model.features(self.setup.density)
 
@@ -60,7 +61,7 @@ class LearnedSimilarity(Method):
             return self._sopi(residual, init, trace)
         if self.variant.refiner == "adam":
             return self._cdreg(residual, init, trace)
-        if uses_imaging_model(self.name, self.context.settings["similarity"]):
+        if self.imaging_model:
             return self._lm_with_imaging_fit(residual, init, trace)
         return self._lm(residual, init, trace)
 
@@ -68,8 +69,9 @@ class LearnedSimilarity(Method):
         """This X-ray's latent residual as a function of the pose (its norm: the distance)."""
         setup = self.setup
         small = resize_images(image.to(self.features.device), setup.height, setup.width)
+        imaging = Imaging.start(len(small)) if self.imaging_model else None
         with torch.no_grad():
-            return LatentResidual(self.model, setup, small, self.features)
+            return LatentResidual(self.model, setup, small, self.features, imaging)
 
     def first_order(
         self, image: torch.Tensor, init: torch.Tensor, optimizer: str, iterations: int, trace: Trace
@@ -161,10 +163,9 @@ class LearnedSimilarity(Method):
     def _lm_with_imaging_fit(
         self, residual: LatentResidual, init: torch.Tensor, trace: Trace
     ) -> tuple[torch.Tensor, int]:
-        """LM with the training domain's mean imaging model, the X-ray's detector blur and
+        """LM with the middle of the training domain's imaging model, the X-ray's detector blur and
         display gamma fitted at the pose it reached, then LM again from there with them
         (:mod:`regbench.models.imaging`; the trajectory goes on counting iterations)."""
-        residual.set_imaging(Imaging.start(len(residual.xrays)))
         pose, first = self._lm(residual, init, trace)
         residual.fit_imaging(pose[None])
         pose, second = self._lm(residual, pose, trace, offset=first)
