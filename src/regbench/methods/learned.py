@@ -140,9 +140,15 @@ class LearnedSimilarity(Method):
         return pose, n
 
     def _lm(
-        self, residual: LatentResidual, init: torch.Tensor, trace: Trace, offset: int = 0
+        self,
+        residual: LatentResidual,
+        init: torch.Tensor,
+        trace: Trace,
+        offset: int = 0,
+        iterations: int | None = None,
     ) -> tuple[torch.Tensor, int]:
-        """LM on the residual from ``init``; its iterations are recorded from ``offset + 1``."""
+        """LM on the residual from ``init`` (at most ``iterations``, default ``lm.iterations``);
+        its iterations are recorded from ``offset + 1``."""
         cfg = self.context.settings["lm"]
         L = self.setup.characteristic_length
 
@@ -153,7 +159,7 @@ class LearnedSimilarity(Method):
             pose_residual(residual),
             init.double(),
             jacobian=residual.linearise,
-            max_iterations=cfg["iterations"],
+            max_iterations=iterations or cfg["iterations"],
             scale=torch.tensor([L, L, L, 1.0, 1.0, 1.0], dtype=torch.float64),
             step_tol=cfg["step_tol_mm"],
             callback=record,
@@ -168,7 +174,8 @@ class LearnedSimilarity(Method):
         (:mod:`regbench.models.imaging`; the trajectory goes on counting iterations)."""
         pose, first = self._lm(residual, init, trace)
         residual.fit_imaging(pose[None])
-        pose, second = self._lm(residual, pose, trace, offset=first)
+        more = self.context.settings["lm"]["refit_iterations"]
+        pose, second = self._lm(residual, pose, trace, offset=first, iterations=more)
         return pose, first + second
 
     def _prost(

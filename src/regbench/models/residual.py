@@ -81,7 +81,7 @@ class LatentResidual:
                     [drr.to(learned.dtype), learned[i : i + 1].expand(len(ub), -1, -1, -1)], 1
                 )
             e_d = self.model.embed_drr_images(drr)
-            e_x, _ = self.model.embed_xray(xray.expand(len(ug), -1, -1, -1), ug)
+            e_x = self.model.embed_xray_displays(xray, ug)
             return self.model.residual(e_x[gi], e_d[bi]).double().pow(2).sum(-1)
 
         return cost

@@ -140,6 +140,15 @@ class SimilarityModel(EmbeddingSimilarity):
         bone = torch.exp(out[:, -1].double().clamp(-3.0, 3.0))
         return self._embed(linearise_display(images, gamma), out[:, :-1]), bone
 
+    def embed_xray_displays(self, image: torch.Tensor, gammas: torch.Tensor) -> torch.Tensor:
+        """(1,1,H,W) X-ray, (K,) display gammas -> (K,D) embeddings: the encoder sees the
+        X-ray as it is, so one encoder pass serves every gamma (the imaging fit's grid)."""
+        out = self.encoder_xray(self.standardize_inside(image).float())[:, :-1]
+        k = len(gammas)
+        return self._embed(
+            linearise_display(image.expand(k, -1, -1, -1), gammas), out.expand(k, -1)
+        )
+
     def embed_drr_images(self, drr: torch.Tensor) -> torch.Tensor:
         """(N,C,H,W) DRR branch input (channel 0 the DRR) -> (N,D) embeddings."""
         return self._embed(drr[:, :1], self.encoder_drr(self.standardize_inside(drr).float()))
