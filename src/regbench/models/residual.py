@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from regbench.models.imaging import Imaging, compose_drr, fit_imaging
+from regbench.models.imaging import Imaging, compose_drr, fit_imaging, linearise_display
 from regbench.models.similarity import EmbeddingSimilarity, SimilarityGeometry
 
 FD_STEP = 3e-3  # tangent step, relative to the images' RMS (float32 encoders)
@@ -51,24 +51,23 @@ class LatentResidual:
         return None if self.imaging is None else self.imaging.blur
 
     def fit_imaging(self, pose: torch.Tensor) -> Imaging:
-        """Fit each X-ray's detector blur and display gamma to the learned distance at
-        ``pose`` (N,4,4) (:func:`regbench.models.imaging.fit_imaging`), and use them."""
+        """Fit each X-ray's detector blur and display gamma at ``pose`` (N,4,4) and use them.
+        They are fitted where they act, on the image terms: the multiscale NCC of the
+        linearised X-ray and the blurred DRR (:func:`regbench.models.imaging.fit_imaging`;
+        no encoder pass, so the grid costs a few milliseconds)."""
         with torch.no_grad():
             parts = self.setup.drr(pose)
-            learned = None
-            if self.table is not None:
-                learned = self.projector(self.table, pose.to(self.table.dtype), self.setup.n_points)
-            fitted = []
-            for i in range(len(pose)):
-                fitted.append(fit_imaging(self._imaging_cost(i, parts[i : i + 1], learned)))
+            fitted = [
+                fit_imaging(self._imaging_cost(i, parts[i : i + 1])) for i in range(len(pose))
+            ]
         blur, gamma = (torch.tensor(v, dtype=torch.float64) for v in zip(*fitted, strict=True))
         imaging = Imaging(blur, gamma)
         self.set_imaging(imaging)
         return imaging
 
-    def _imaging_cost(self, i: int, parts: torch.Tensor, learned: torch.Tensor | None):
-        """``(blur (K,), gamma (K,)) -> (K,)`` squared residual of X-ray ``i`` at a fixed pose
-        (its DRR parts ``parts`` (1,2,H,W) and learned channels ``learned``)."""
+    def _imaging_cost(self, i: int, parts: torch.Tensor):
+        """``(blur (K,), gamma (K,)) -> (K,)`` one minus the multiscale NCC of X-ray ``i`` and
+        its DRR parts ``parts`` (1,2,H,W) at a fixed pose."""
         xray = self.xrays[i : i + 1]
         bone = self.bone.detach()[i : i + 1]
 
@@ -76,13 +75,9 @@ class LatentResidual:
             ub, bi = torch.unique(blurs, return_inverse=True)
             ug, gi = torch.unique(gammas, return_inverse=True)
             drr = compose_drr(parts.expand(len(ub), -1, -1, -1), bone.expand(len(ub)), ub)
-            if learned is not None:
-                drr = torch.cat(
-                    [drr.to(learned.dtype), learned[i : i + 1].expand(len(ub), -1, -1, -1)], 1
-                )
-            e_d = self.model.embed_drr_images(drr)
-            e_x = self.model.embed_xray_displays(xray, ug)
-            return self.model.residual(e_x[gi], e_d[bi]).double().pow(2).sum(-1)
+            t_d = self.model.terms(drr)
+            t_x = self.model.terms(linearise_display(xray.expand(len(ug), -1, -1, -1), ug))
+            return 1 - (t_x[gi] * t_d[bi]).sum(-1)
 
         return cost
 

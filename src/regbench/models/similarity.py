@@ -140,15 +140,6 @@ class SimilarityModel(EmbeddingSimilarity):
         bone = torch.exp(out[:, -1].double().clamp(-3.0, 3.0))
         return self._embed(linearise_display(images, gamma), out[:, :-1]), bone
 
-    def embed_xray_displays(self, image: torch.Tensor, gammas: torch.Tensor) -> torch.Tensor:
-        """(1,1,H,W) X-ray, (K,) display gammas -> (K,D) embeddings: the encoder sees the
-        X-ray as it is, so one encoder pass serves every gamma (the imaging fit's grid)."""
-        out = self.encoder_xray(self.standardize_inside(image).float())[:, :-1]
-        k = len(gammas)
-        return self._embed(
-            linearise_display(image.expand(k, -1, -1, -1), gammas), out.expand(k, -1)
-        )
-
     def embed_drr_images(self, drr: torch.Tensor) -> torch.Tensor:
         """(N,C,H,W) DRR branch input (channel 0 the DRR) -> (N,D) embeddings."""
         return self._embed(drr[:, :1], self.encoder_drr(self.standardize_inside(drr).float()))
@@ -157,12 +148,16 @@ class SimilarityModel(EmbeddingSimilarity):
         learned = self.feature_gain * encoded / encoded.shape[-1] ** 0.5
         if not self.image_terms:
             return learned
+        return torch.cat([self.image_gain * self.terms(image), learned.double()], dim=-1)
+
+    def terms(self, image: torch.Tensor) -> torch.Tensor:
+        """(N,1,H,W) -> (N,T) image terms (unit norm; two images' dot product is their
+        multiscale NCC inside the crop)."""
         inner = self._inside(image)
         if self.pooled_size:
             inner = F.adaptive_avg_pool2d(inner, int(self.pooled_size))
         # Image terms in float64: LM near the optimum resolves mNCC differences of ~1e-7.
-        terms = multiscale_scores(inner.double(), self.patch_px, self.patch_stride_px)
-        return torch.cat([self.image_gain * terms, learned.double()], dim=-1)
+        return multiscale_scores(inner.double(), self.patch_px, self.patch_stride_px)
 
 
 def resize_images(images: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -227,8 +227,10 @@ def unrolled_lm_loss(
 
 def uses_imaging_model(variant: str, cfg: dict) -> bool:
     """Whether ``variant``'s similarity models the X-ray's imaging chain
-    (:mod:`regbench.models.imaging`): the LM-refined variants, unless switched off."""
-    return VARIANTS[variant].refiner == "lm" and bool(cfg.get("imaging_model", True))
+    (:mod:`regbench.models.imaging`): the LM-refined variants with image terms (where blur and
+    gamma are fitted), unless switched off."""
+    lm = VARIANTS[variant].refiner == "lm"
+    return lm and cfg.get("pooled_size") != 0 and bool(cfg.get("imaging_model", True))
 
 
 def train_similarity(
