@@ -1,5 +1,5 @@
-"""Shared fixtures: one prepared embedded subject per test session (coarse, for speed) and a
-tiny synthetic DRR for the projector tests."""
+"""Shared fixtures: one prepared embedded subject per test session (coarse, for speed), a
+tiny synthetic DRR for the projector tests, and a small learned-similarity geometry."""
 
 from __future__ import annotations
 
@@ -94,3 +94,23 @@ def tiny_drr() -> DRR:
         "orientation": "AP",
     }
     return make_drr(Prepared(ct.astype(np.float32), affine, pd.DataFrame(), geometry), 1.0)
+
+
+@pytest.fixture(scope="session")
+def similarity_settings() -> dict:
+    """A 32 px learned-similarity config (validated, defaults filled)."""
+    s = {
+        "seed": 0,
+        "geometry": {"height": 32, "width": 32},
+        "render": {"n_points": 48},
+        "similarity": {"patch_px": 5, "crop_px": 1, "channels": 2},
+    }
+    validate(s, str(SCHEMA))
+    return s
+
+
+@pytest.fixture(scope="session")
+def similarity_setup(prepared: Prepared, similarity_settings: dict):
+    from regbench.models.similarity import SimilarityGeometry
+
+    return SimilarityGeometry(prepared, similarity_settings, "cpu")

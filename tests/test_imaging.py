@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import SCHEMA, pose_deg
-from snakemake.utils import validate
+from conftest import pose_deg
 from torchvision.transforms.functional import gaussian_blur
 
 from regbench.models.imaging import (
@@ -19,7 +18,6 @@ from regbench.models.imaging import (
     linearise_display,
 )
 from regbench.models.residual import LatentResidual
-from regbench.models.similarity import SimilarityGeometry
 from regbench.rendering.simulator import degrade
 from regbench.train.similarity import build_similarity_model
 
@@ -67,49 +65,36 @@ def test_fit_imaging_finds_the_minimum_on_the_fine_grid():
     assert blur_px == pytest.approx(0.55) and gamma == pytest.approx(1.225)
 
 
-@pytest.fixture(scope="module")
-def settings() -> dict:
-    s = {
-        "seed": 0,
-        "geometry": {"height": 32, "width": 32},
-        "render": {"n_points": 48},
-        "similarity": {"patch_px": 5, "crop_px": 1, "channels": 2},
-    }
-    validate(s, str(SCHEMA))
-    return s
-
-
-@pytest.fixture(scope="module")
-def setup(prepared, settings) -> SimilarityGeometry:
-    return SimilarityGeometry(prepared, settings, "cpu")
-
-
-def test_fit_at_the_truth_recovers_the_xrays_blur_and_gamma(setup, settings):
+def test_fit_at_the_truth_recovers_the_xrays_blur_and_gamma(similarity_setup, similarity_settings):
     """A noiseless X-ray with the simulator's blur and gamma: the fit at its true pose finds
     the blur of the kernel the simulator applied and the gamma (untrained model, image terms)."""
     torch.manual_seed(0)
-    model = build_similarity_model("ours-so4", settings["similarity"])
+    model = build_similarity_model("ours-so4", similarity_settings["similarity"])
     gt = pose_deg((1.0, -2.0, 0.5), (2.0, 850.0, -3.0))
     with torch.no_grad():
         model.eval().feature_gain.zero_()
-        clean = compose_drr(setup.drr(gt), torch.tensor([1.0]), None)
+        clean = compose_drr(similarity_setup.drr(gt), torch.tensor([1.0]), None)
         xray = degrade(clean, torch.Generator().manual_seed(1), 1e12, 3.0, 0.8, 1.3, 1).float()
-        residual = LatentResidual(model, setup, xray, model.features(setup.density))
+        residual = LatentResidual(
+            model, similarity_setup, xray, model.features(similarity_setup.density)
+        )
         fitted = residual.fit_imaging(gt)
     assert float(fitted.blur[0]) == pytest.approx(effective_sigma(0.8), abs=0.06)
     assert float(fitted.gamma[0]) == pytest.approx(1.3, abs=0.06)
     assert residual.imaging is fitted
 
 
-def test_jacobian_with_an_imaging_model_matches_central_differences(setup, settings):
+def test_jacobian_with_an_imaging_model_matches_central_differences(
+    similarity_setup, similarity_settings
+):
     """The LM Jacobian through the blurred DRR channel and the linearised X-ray."""
     import copy
 
     from regbench.geometry.poses import perturb
 
     torch.manual_seed(0)
-    model = build_similarity_model("ours-so4", settings["similarity"])
-    fine = copy.copy(setup)
+    model = build_similarity_model("ours-so4", similarity_settings["similarity"])
+    fine = copy.copy(similarity_setup)
     fine.drr_table = fine.drr_projector.prepare(fine.drr_table.volume.double())
     imaging = Imaging(torch.tensor([0.7], dtype=torch.float64), torch.tensor([1.3]))
     with torch.no_grad():

@@ -8,34 +8,15 @@ import math
 
 import pytest
 import torch
-from conftest import SCHEMA, pose_deg
-from snakemake.utils import validate
+from conftest import pose_deg
 
 from regbench.geometry.poses import carm_params, carm_pose, perturb
 from regbench.methods.similarity import multiscale_ncc
 from regbench.models.residual import LatentResidual
-from regbench.models.similarity import SimilarityGeometry
 from regbench.rendering.diffdrr_adapter import make_drr
 from regbench.rendering.renderer import make_renderer
 from regbench.train.similarity import build_similarity_model, sample_starts, unrolled_lm_loss
 from regbench.train.xray_domain import TrainingXrays, density_parts
-
-
-@pytest.fixture(scope="module")
-def settings() -> dict:
-    s = {
-        "seed": 0,
-        "geometry": {"height": 32, "width": 32},
-        "render": {"n_points": 48},
-        "similarity": {"patch_px": 5, "crop_px": 1, "channels": 2},
-    }
-    validate(s, str(SCHEMA))
-    return s
-
-
-@pytest.fixture(scope="module")
-def setup(prepared, settings) -> SimilarityGeometry:
-    return SimilarityGeometry(prepared, settings, "cpu")
 
 
 @pytest.mark.parametrize("bone", [1.0, 1.6])
@@ -48,31 +29,35 @@ def test_density_parts_are_diffdrrs_density(prepared, bone):
     assert torch.allclose(ours / ours.max(), ref / ref.max(), atol=1e-6)
 
 
-def test_training_xrays_render_the_test_contrast(prepared, settings):
+def test_training_xrays_render_the_test_contrast(prepared, similarity_settings):
     """At the test X-rays' bone multiplier, the training renderer's clean image is the DRR
     the simulator renders (up to the scale the degradation removes)."""
-    xrays = TrainingXrays(prepared, settings)
+    xrays = TrainingXrays(prepared, similarity_settings)
     pose = pose_deg((2.0, -1.0, 0.5), (3.0, 860.0, -2.0))
     ours = xrays.clean(pose, torch.tensor([1.6]))
-    ref = make_renderer(prepared, 1.6, "compiled").render(pose, settings["render"]["n_points"])
+    ref = make_renderer(prepared, 1.6, "compiled").render(
+        pose, similarity_settings["render"]["n_points"]
+    )
     assert torch.allclose(ours / ours.max(), ref / ref.max(), atol=1e-5)
     images = xrays.sample(pose.repeat(3, 1, 1), torch.Generator().manual_seed(0))
     assert images.shape == (3, 1, 32, 32) and torch.isfinite(images).all()
     assert not torch.allclose(images[0], images[1])  # each image its own contrast and noise
 
 
-def test_untrained_spherical_distance_is_arccos_of_diffposes_mncc(setup, settings):
+def test_untrained_spherical_distance_is_arccos_of_diffposes_mncc(
+    similarity_setup, similarity_settings
+):
     """With the encoder features switched off and every patch kept (stride 1, DiffPose's),
     cos(distance) is DiffPose's multiscale NCC of the two images inside the crop."""
-    cfg = {**settings["similarity"], "patch_stride_px": 1}
+    cfg = {**similarity_settings["similarity"], "patch_stride_px": 1}
     model = build_similarity_model("ours-so4", cfg).eval()
     with torch.no_grad():
         model.feature_gain.zero_()
-        features = model.features(setup.density)
+        features = model.features(similarity_setup.density)
         gt, moved = pose_deg(), pose_deg((1.5, 0.0, -1.0), (4.0, 855.0, 3.0))
-        xray = setup.drr(gt)[:, :1] + setup.drr(gt)[:, 1:]
+        xray = similarity_setup.drr(gt)[:, :1] + similarity_setup.drr(gt)[:, 1:]
         e_x, bone = model.embed_xray(xray)
-        images = setup.images(features, moved, bone)
+        images = similarity_setup.images(features, moved, bone)
         distance = model.distance(e_x, model.embed_drr_images(images))
         expected = multiscale_ncc(5, border_px=1)(images[:, :1].float(), xray)
     assert torch.allclose(torch.cos(distance), expected.to(distance), atol=1e-4)
@@ -81,20 +66,24 @@ def test_untrained_spherical_distance_is_arccos_of_diffposes_mncc(setup, setting
 @pytest.mark.parametrize(
     "feature_gain, steps, tolerance", [(0.0, (1e-6, 1e-4), 0.01), (1.0, (1e-5, 5e-3), 0.1)]
 )
-def test_fast_jacobian_matches_central_differences(setup, settings, feature_gain, steps, tolerance):
+def test_fast_jacobian_matches_central_differences(
+    similarity_setup, similarity_settings, feature_gain, steps, tolerance
+):
     """Every column of the LM Jacobian (compiled projector + tangents through the image terms,
     encoders and latent map) matches central differences of the residual in the pose: to 1%
     through the float64 image terms alone, to 10% with the float32 encoders switched on."""
     torch.manual_seed(0)
-    model = build_similarity_model("ours-so4", settings["similarity"]).eval()
+    model = build_similarity_model("ours-so4", similarity_settings["similarity"]).eval()
     # Render in float64 so that the check sees derivative errors, not float32 rounding.
-    setup = copy.copy(setup)
-    setup.drr_table = setup.drr_projector.prepare(setup.drr_table.volume.double())
+    similarity_setup = copy.copy(similarity_setup)
+    similarity_setup.drr_table = similarity_setup.drr_projector.prepare(
+        similarity_setup.drr_table.volume.double()
+    )
     with torch.no_grad():
         model.feature_gain.fill_(feature_gain)
-        features = model.features(setup.density).double()
-        xray = setup.drr(pose_deg()).sum(1, keepdim=True)
-        residual = LatentResidual(model, setup, xray, features)
+        features = model.features(similarity_setup.density).double()
+        xray = similarity_setup.drr(pose_deg()).sum(1, keepdim=True)
+        residual = LatentResidual(model, similarity_setup, xray, features)
     pose = pose_deg((2.0, 1.0, -1.0), (5.0, 845.0, -4.0))
     _, jac = residual.linearise(pose)
     for k in range(6):
@@ -105,18 +94,20 @@ def test_fast_jacobian_matches_central_differences(setup, settings, feature_gain
         assert error < tolerance, (k, float(error))
 
 
-def test_unrolled_lm_moves_towards_the_truth_and_trains_every_part(setup, settings):
+def test_unrolled_lm_moves_towards_the_truth_and_trains_every_part(
+    similarity_setup, similarity_settings
+):
     """Differentiable LM on an untrained model lowers the distance to the truth, and its loss
     sends finite, non-zero gradients to the gains, the encoders and the volume network."""
     torch.manual_seed(0)
-    model = build_similarity_model("ours-so4", settings["similarity"])
+    model = build_similarity_model("ours-so4", similarity_settings["similarity"])
     gt = pose_deg((1.0, -2.0, 0.5), (2.0, 850.0, 1.0))
     with torch.no_grad():
-        xray = setup.drr(gt).sum(1, keepdim=True)
+        xray = similarity_setup.drr(gt).sum(1, keepdim=True)
     rot, trans = carm_params(gt)
     start = carm_pose(rot + math.radians(1.5), trans + torch.tensor([[3.0, 6.0, -3.0]]))
-    features = model.features(setup.density)
-    residual = LatentResidual(model, setup, xray, features)
+    features = model.features(similarity_setup.density)
+    residual = LatentResidual(model, similarity_setup, xray, features)
     loss, final = unrolled_lm_loss(residual, start, gt, steps=3)
     before, _ = unrolled_lm_loss(residual, start, gt, steps=0)
     assert float(final[0]) < 0.5 * float(before)
@@ -149,22 +140,22 @@ def test_training_starts_mix_the_initialiser_and_near_truth_poses():
 
 
 def test_a_diverging_first_order_optimiser_ends_its_trajectory_instead_of_raising(
-    prepared, settings, setup
+    prepared, similarity_settings, similarity_setup
 ):
     """The optimiser study's gradient descent may blow up (it does on the encoder-only model):
     its trajectory then ends at the last finite pose instead of crashing the study."""
     from regbench.methods import build_method
     from regbench.methods.base import Context, Trace
 
-    s = copy.deepcopy(settings)
+    s = copy.deepcopy(similarity_settings)
     s["optimizer_study"] = {"lr_rotation": 1e9, "lr_translation": 1e12}
     torch.manual_seed(0)
     model = build_similarity_model("ours-so4", s["similarity"])
-    context = Context(make_renderer(prepared, 1.0), None, 48, s, 0, model, setup)
+    context = Context(make_renderer(prepared, 1.0), None, 48, s, 0, model, similarity_setup)
     method = build_method("ours-so4", context)
     gt = pose_deg((1.0, -2.0, 0.5), (2.0, 850.0, 1.0))
     with torch.no_grad():
-        xray = setup.drr(gt).sum(1, keepdim=True)
+        xray = similarity_setup.drr(gt).sum(1, keepdim=True)
     start = pose_deg((2.0, -1.0, 0.0), (6.0, 860.0, -3.0))[0]
     trace = Trace()
     trace.record(0, start)
