@@ -43,7 +43,7 @@ def test_killed_training_resumes_to_identical_weights(prepared, tmp_path, monkey
     reference = train(prepared, tmp_path / "a" / "regressor.pt")
 
     calls = {"n": 0}
-    real_augment = xray_domain.augment_with_imaging
+    real_augment = xray_domain.augment
 
     def dying_augment(images, generator):
         calls["n"] += 1
@@ -52,13 +52,13 @@ def test_killed_training_resumes_to_identical_weights(prepared, tmp_path, monkey
         return real_augment(images, generator)
 
     out = tmp_path / "b" / "regressor.pt"
-    monkeypatch.setattr(xray_domain, "augment_with_imaging", dying_augment)
+    monkeypatch.setattr(xray_domain, "augment", dying_augment)
     with pytest.raises(KeyboardInterrupt):
         train(prepared, out)
     assert not out.exists() and out.with_suffix(".partial").exists()
     assert load_checkpoint(out.with_suffix(".partial"))["step"] == 2
 
-    monkeypatch.setattr(xray_domain, "augment_with_imaging", real_augment)
+    monkeypatch.setattr(xray_domain, "augment", real_augment)
     resumed = train(prepared, out)
     assert not out.with_suffix(".partial").exists()
     for (name, a), b in zip(

@@ -22,13 +22,12 @@ from regbench.geometry.poses import perturb, scale_translation
 from regbench.methods import prost
 from regbench.methods.base import Method, Trace
 from regbench.methods.similarity import BorderedSimilarity
-from regbench.models.imaging import Imaging
+from regbench.models.imaging import Imaging, uses_imaging_model
 from regbench.models.residual import LatentResidual
 from regbench.models.similarity import resize_images
 from regbench.models.variants import VARIANTS
 from regbench.optim.first_order import descend, triangular_lr
 from regbench.optim.lm import levenberg_marquardt, pose_residual
-from regbench.train.similarity import uses_imaging_model
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from regbench.models.variants import VARIANTS
+
 KERNEL_RADIUS_PX = 4  # covers 3.3 sigma at the fit's largest blur
 BLUR_GRID_PX = tuple(0.1 * i for i in range(13))  # 0 .. 1.2 px, the training domain's range
 GAMMA_GRID = tuple(round(0.7 + 0.1 * i, 1) for i in range(10))  # 0.7 .. 1.6
@@ -67,9 +69,9 @@ def blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """(N,C,H,W) images, each blurred by its own Gaussian ``sigma`` (N,) [px]; reflecting
     borders, as the simulator's; differentiable in the images."""
     n, c, h, w = images.shape
-    kernels = gaussian_kernels(sigma).to(images.dtype)  # (N,K)
-    k = kernels.shape[-1]
-    weight = kernels.repeat_interleave(c, 0)  # one kernel per (image, channel)
+    weight = (
+        gaussian_kernels(sigma).to(images.dtype).repeat_interleave(c, 0)
+    )  # one kernel per (image, channel)
     flat = images.reshape(1, n * c, h, w)
     r = KERNEL_RADIUS_PX
     rows = F.conv2d(
@@ -78,7 +80,6 @@ def blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     both = F.conv2d(
         F.pad(rows, (0, 0, r, r), mode="reflect"), weight[:, None, :, None], groups=n * c
     )
-    assert both.shape[-1] == w and k == 2 * r + 1
     return both.reshape(n, c, h, w)
 
 
@@ -123,3 +124,11 @@ def fit_imaging(cost) -> tuple[float, float]:
 def degradation_blur(sigmas: list[float]) -> torch.Tensor:
     """Simulator blur sigmas -> (N,) effective sigmas of the kernels it applied."""
     return torch.tensor([effective_sigma(s) for s in sigmas], dtype=torch.float64)
+
+
+def uses_imaging_model(variant: str, cfg: dict) -> bool:
+    """Whether ``variant``'s similarity (config section ``cfg``) models the X-ray's imaging
+    chain: the LM-refined variants with image terms (where blur and gamma are fitted), unless
+    ``imaging_model`` switches it off."""
+    lm = VARIANTS[variant].refiner == "lm"
+    return lm and cfg.get("pooled_size") != 0 and bool(cfg.get("imaging_model", True))

@@ -14,16 +14,10 @@ def _uniform(generator: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=generator))
 
 
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each image gets its own noise level, blur, gamma and collimation."""
-    return augment_with_imaging(images, generator)[0]
-
-
-def augment_with_imaging(
-    images: torch.Tensor, generator: torch.Generator
-) -> tuple[torch.Tensor, Imaging]:
-    """:func:`augment` and each image's imaging model (the effective blur of the kernel that
-    was applied, and the gamma), which the learned similarity's DRR branch is trained with."""
+def augment(images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Imaging]:
+    """Each image gets its own noise level, blur, gamma and collimation; returns the images and
+    their imaging model (the effective blur of the kernel that was applied, and the gamma),
+    which the learned similarity's DRR branch is trained with."""
     out, blurs, gammas = [], [], []
     for img in images:
         photons = math.exp(_uniform(generator, math.log(3e3), math.log(2e5)))

@@ -32,6 +32,7 @@ from regbench.geometry.poses import carm_params, carm_pose, hat, perturb, scale_
 from regbench.geometry.priors import PosePrior
 from regbench.geometry.so4 import rotation_angle_sq
 from regbench.geometry.targets import pose_distance_mm, training_target
+from regbench.models.imaging import uses_imaging_model
 from regbench.models.regressor import PoseRegressor
 from regbench.models.residual import LatentResidual
 from regbench.models.similarity import (
@@ -223,14 +224,6 @@ def unrolled_lm_loss(
         pose = perturb(pose, damped_step(residual.with_grad(pose), jac, lam, scale))
     distance = pose_distance_mm(pose, pose_gt.double(), L, residual.model.variant.target)
     return distance.mean(), distance.detach()
-
-
-def uses_imaging_model(variant: str, cfg: dict) -> bool:
-    """Whether ``variant``'s similarity models the X-ray's imaging chain
-    (:mod:`regbench.models.imaging`): the LM-refined variants with image terms (where blur and
-    gamma are fitted), unless switched off."""
-    lm = VARIANTS[variant].refiner == "lm"
-    return lm and cfg.get("pooled_size") != 0 and bool(cfg.get("imaging_model", True))
 
 
 def train_similarity(

@@ -22,7 +22,7 @@ import torch
 from regbench.data.subject import Prepared
 from regbench.models.imaging import Imaging
 from regbench.rendering.diffdrr_adapter import make_drr
-from regbench.train.augment import augment_with_imaging
+from regbench.train.augment import augment
 
 SOFT_TISSUE_HU = (-800.0, 350.0)  # diffdrr's transform_hu_to_density thresholds
 
@@ -84,5 +84,5 @@ class TrainingXrays:
         model (detector blur, display gamma)."""
         lo, hi = self.bone_range
         bone = lo + (hi - lo) * torch.rand(len(poses), generator=generator, dtype=torch.float64)
-        images, imaging = augment_with_imaging(self.clean(poses, bone), generator)
+        images, imaging = augment(self.clean(poses, bone), generator)
         return images, bone, imaging
