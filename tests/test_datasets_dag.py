@@ -117,6 +117,21 @@ def test_paper_config_plans_the_full_dag_without_data(tmp_path):
     assert re.search(r"gpu=1", result.stdout)  # device: cuda requests GPUs
 
 
+def test_a_config_of_the_agnostic_scenario_alone_plans_table2_only(tmp_path):
+    """The validation cohort (no patient-specific subject) plans Table 2 and nothing that needs
+    patient-specific runs: Tables 1 and 3, the figures and the optimiser study would have none."""
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    config = REPO / "workflow" / "configs" / "validation-cohort.yaml"
+    result = snakemake(tmp_path, "-n", "--configfile", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = planned_jobs(result.stdout)
+    assert jobs["train_regressor_agnostic", "embedded-cohort"] == 1
+    assert "rule generalization_table:" in result.stdout
+    for rule in ("tables", "figures", "optimizer_study", "train_regressor", "register"):
+        assert not any(r == rule for r, _ in jobs), rule
+        assert f"rule {rule}:" not in result.stdout, rule
+
+
 def test_a_file_put_by_hand_is_verified_without_network(tmp_path, capsys):
     data = tmp_path / "data" / "deepfluoro"
     data.mkdir(parents=True)

@@ -113,12 +113,18 @@ class Plan:
         self.downloaded_datasets = [d for d, k in kinds.items() if k.downloaded]
         # Heavy rules request a GPU from the scheduler when the config asks for CUDA.
         self.gpu = 1 if c["device"] == "cuda" else 0
-        self.optimizer_study = OPTIMIZER_STUDY_METHOD in self.run_methods
+        self.optimizer_study = OPTIMIZER_STUDY_METHOD in self.run_methods and bool(self.subjects)
         # The paper's Figure 4 (left), on the first patient-specific subject.
         self.backbone_subjects = self.subjects[:1] if c["backbone_study"]["enabled"] else []
-        self.table_stems = ["table1", "table3"]
-        self.figure_stems = ["mtre_distribution", "convergence", "qualitative"] + (
-            ["optimizers"] if self.optimizer_study else []
+        # Tables 1 and 3 and the figures come from the patient-specific runs: a config of the
+        # agnostic scenario alone (e.g. workflow/configs/validation-cohort.yaml) has none.
+        specific = bool(self.subjects)
+        self.table_stems = ["table1", "table3"] if specific else []
+        self.figure_stems = (
+            ["mtre_distribution", "convergence", "qualitative"]
+            + (["optimizers"] if self.optimizer_study else [])
+            if specific
+            else []
         )
 
     # ------------------------------------------------------------------ checks and priors
