@@ -114,6 +114,12 @@ def test_paper_config_plans_the_full_dag_without_data(tmp_path):
     assert learned and jobs["train_similarity_agnostic", "ctspine1k"] == len(learned)
     assert jobs["register_agnostic", "ctspine1k"] == len(agnostic["test_subjects"]) * len(ready)
     assert "rule generalization_table:" in result.stdout
+    # The paper's Table 3 is its generalization setting: the agnostic runs write it.
+    outputs = dict(
+        re.findall(r"^(?:local)?rule (\w+):\n\s+input:.*\n\s+output: (.*)$", result.stdout, re.M)
+    )
+    assert "table3.csv" in outputs["generalization_table"]
+    assert "table3.csv" not in outputs["tables"]
     assert re.search(r"gpu=1", result.stdout)  # device: cuda requests GPUs
 
 
@@ -298,3 +304,35 @@ def test_generalization_table_rows(tmp_path):
     assert table.loc["ours-so4", "Note"] == "no patient-agnostic model yet"
     assert table.loc["sopi", "Note"] == "not implemented"
     assert (out / "table2.md").stat().st_size and (out / "table2.tex").stat().st_size
+    assert not (out / "table3.csv").exists()  # no ablations listed
+
+
+def test_agnostic_ablations_make_table3(tmp_path):
+    """When the agnostic scenario lists ablations (the paper's Table 3 is its generalization
+    setting), Table 3 comes from those runs; the ablation rows stay out of Table 2."""
+    from regbench.tables import RUN_COLUMNS
+
+    runs = []
+    for method, errors in [("ours-so4", [0.2, 0.4]), ("abl-euclidean", [0.5, 3.5])]:
+        run = tmp_path / "c04" / "runs" / f"{method}.csv"
+        run.parent.mkdir(parents=True, exist_ok=True)
+        rows = pd.DataFrame(0.0, index=range(2), columns=list(RUN_COLUMNS))
+        rows = rows.assign(xray_id=["0", "1"], method=method, status="ok", mtre_mm=errors)
+        rows.to_csv(run, index=False)
+        runs.append(str(run))
+    settings = {
+        "seed": 0,
+        "threads": 1,
+        "evaluation": {"success_mm": 1.0, "sr_mm": 10.0, "n_bootstrap": 20},
+        "methods": ["ours-so4"],
+        "ablations": ["ours-so4", "abl-euclidean", "abl-cnn3d"],
+    }
+    out = tmp_path / "tables"
+    args = ["--runs", *runs, "--settings", json.dumps(settings), "--out-dir", str(out)]
+    assert cli.main(["generalization-table", *args]) == 0
+    assert pd.read_csv(out / "table2.csv")["Method"].tolist() == ["ours-so4"]
+    table3 = pd.read_csv(out / "table3.csv").set_index("Method")
+    assert table3.index.tolist() == ["ours-so4", "abl-euclidean", "abl-cnn3d"]
+    assert table3.loc["abl-euclidean", "SMSR (%)"] == pytest.approx(50.0)
+    assert table3.loc["abl-euclidean", "Mean (mm)"] == pytest.approx(2.0)
+    assert table3.loc["abl-cnn3d", "Note"] == "not implemented"  # listed, no runs

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from regbench.data import datasets as registry
 from regbench.data.sources import RECORD_SUFFIX
 from regbench.errors import InputError
-from regbench.methods import IMPLEMENTED, OWN_MODELS
+from regbench.methods import ABLATION_METHODS, IMPLEMENTED, OWN_MODELS
 from regbench.models.variants import VARIANTS
 
 # Every file the workflow writes, relative to `results` (`data_root` for download records), with
@@ -119,7 +119,15 @@ class Plan:
         # Tables 1 and 3 and the figures come from the patient-specific runs: a config of the
         # agnostic scenario alone (e.g. workflow/configs/validation-cohort.yaml) has none.
         specific = bool(self.subjects)
-        self.table_stems = ["table1", "table3"] if specific else []
+        # Table 3 (ablations) comes from the patient-agnostic runs when an agnostic scenario
+        # lists ablation rows (the paper's Table 3 is its generalization setting), else from
+        # the patient-specific ones.
+        listed = self.agnostic_table_methods()
+        with_ablations = any(m.startswith("abl-") for m in listed)
+        self.agnostic_ablations = [m for m in listed if m in ABLATION_METHODS and with_ablations]
+        self.table_stems = (
+            ["table1"] + ([] if self.agnostic_ablations else ["table3"]) if specific else []
+        )
         self.figure_stems = (
             ["mtre_distribution", "convergence", "qualitative"]
             + (["optimizers"] if self.optimizer_study else [])
@@ -283,11 +291,18 @@ class Plan:
             download["revision"] = spec["revision"]
         return _dump({"threads": 1, "download": download})
 
+    def table_settings(self) -> str:
+        """Tables 1 and 3's settings: the rows, and whether Table 3 is theirs."""
+        blob = json.loads(self.settings("methods", "evaluation"))
+        blob["ablation_table"] = "table3" in self.table_stems
+        return _dump(blob)
+
     def generalization_settings(self) -> str:
-        """Table 2's settings: its rows, and the implemented methods not run without agnostic
-        models."""
+        """Table 2's settings: its rows (the ablations go to Table 3 when they are listed), the
+        implemented methods not run without agnostic models, and Table 3's rows, if any."""
         blob = json.loads(self.settings("evaluation"))
-        blob["methods"] = self.agnostic_table_methods()
+        blob["methods"] = [m for m in self.agnostic_table_methods() if not m.startswith("abl-")]
+        blob["ablations"] = self.agnostic_ablations
         run = {m for d in self.agnostic for m in self.agnostic_methods(d)}
         blob["pending"] = [m for m in blob["methods"] if m in IMPLEMENTED and m not in run]
         return _dump(blob)
@@ -435,10 +450,12 @@ class Plan:
         ]
 
     def generalization_files(self) -> list[str]:
-        """Table 2, when some dataset has an agnostic scenario."""
+        """Table 2, when some dataset has an agnostic scenario (and Table 3, when it lists
+        ablations)."""
         if not self.agnostic:
             return []
-        return [self.path("table", stem="table2", ext=ext) for ext in TABLE_FORMATS]
+        stems = ["table2"] + (["table3"] if self.agnostic_ablations else [])
+        return [self.path("table", stem=t, ext=ext) for t in stems for ext in TABLE_FORMATS]
 
     def final_outputs(self) -> list[str]:
         return (

@@ -11,7 +11,7 @@ import torch
 from regbench import figures, tables
 from regbench.data.subject import load_prepared
 from regbench.data.xrays import read_xrays
-from regbench.methods import ALL_METHODS
+from regbench.methods import ABLATION_METHODS
 from regbench.rendering.renderer import make_renderer
 from regbench.tables import matrix_columns
 
@@ -26,17 +26,37 @@ def _summary_kwargs(settings: dict) -> dict:
     }
 
 
-# Rows of the paper's ablation table (Table 3): the proposed variants and their ablations.
-ABLATION_METHODS = tuple(m for m in ALL_METHODS if m.startswith(("ours-", "abl-")))
-
-
 def build_tables(run_paths: list[Path], out_dir: Path, settings: dict) -> None:
-    """Table 1 (every configured method) and Table 3 (the configured ablation rows)."""
+    """Table 1 (every configured method) and, when ``settings["ablation_table"]`` (the
+    patient-agnostic scenario does not list the ablations), Table 3 of its ablation rows."""
     runs = tables.load_runs(run_paths)
     kwargs = _summary_kwargs(settings)
     table = tables.table1(runs, expected_methods=settings["methods"], **kwargs)
     tables.write_table(table, out_dir / "table1")
-    ablation = [m for m in ABLATION_METHODS if m in settings["methods"]]
+    if settings.get("ablation_table", True):
+        _write_ablation_table(runs, settings["methods"], out_dir, kwargs)
+
+
+def build_generalization_tables(run_paths: list[Path], out_dir: Path, settings: dict) -> None:
+    """Table 2 from the patient-agnostic runs (rows ``settings["methods"]``) and, as in the
+    paper, Table 3 from the same runs when ``settings["ablations"]`` lists its rows."""
+    runs = tables.load_runs(run_paths)
+    kwargs = _summary_kwargs(settings)
+    rows = runs[runs["method"].isin(settings["methods"])]
+    table = tables.generalization_table(rows, expected_methods=settings["methods"], **kwargs)
+    # Implemented methods that have no patient-agnostic models yet: say so, not "not implemented".
+    pending = table["Method"].isin(settings.get("pending", [])) & (
+        table["Note"] == tables.NOT_IMPLEMENTED
+    )
+    table.loc[pending, "Note"] = "no patient-agnostic model yet"
+    tables.write_table(table, out_dir / "table2")
+    if settings.get("ablations"):
+        _write_ablation_table(runs, settings["ablations"], out_dir, kwargs)
+
+
+def _write_ablation_table(runs: pd.DataFrame, methods: list[str], out_dir: Path, kwargs: dict):
+    """Table 3: the ablation-study rows among ``methods``, in the paper's order."""
+    ablation = [m for m in ABLATION_METHODS if m in methods]
     ablation_runs = runs[runs["method"].isin(ablation)]
     table3 = tables.ablation_table(ablation_runs, expected_methods=ablation, **kwargs)
     tables.write_table(table3, out_dir / "table3")

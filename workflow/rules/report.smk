@@ -16,7 +16,7 @@ rule tables:
     output:
         report_tables(PLAN.table_files()),
     params:
-        settings=PLAN.settings("methods", "evaluation"),
+        settings=PLAN.table_settings(),
         out=lambda w, output: os.path.dirname(output[0]),
     log:
         f"{R}/logs/tables.log",

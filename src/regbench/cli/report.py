@@ -9,23 +9,11 @@ from regbench.cli.common import Subparsers, add_stage, parse_settings
 
 
 def cmd_generalization_table(args: argparse.Namespace) -> None:
-    from regbench import tables
+    from regbench.report import build_generalization_tables
 
-    s = parse_settings(args.settings)
-    ev = s["evaluation"]
-    runs = tables.load_runs([Path(p) for p in args.runs])
-    table = tables.generalization_table(
-        runs,
-        expected_methods=s["methods"],
-        threshold_mm=ev["success_mm"],
-        sr_threshold_mm=ev["sr_mm"],
-        n_boot=ev["n_bootstrap"],
-        seed=s["seed"],
+    build_generalization_tables(
+        [Path(p) for p in args.runs], Path(args.out_dir), parse_settings(args.settings)
     )
-    # Implemented methods that have no patient-agnostic models yet: say so, not "not implemented".
-    pending = table["Method"].isin(s.get("pending", [])) & (table["Note"] == tables.NOT_IMPLEMENTED)
-    table.loc[pending, "Note"] = "no patient-agnostic model yet"
-    tables.write_table(table, Path(args.out_dir) / "table2")
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
@@ -58,8 +46,10 @@ def add_parsers(sub: Subparsers) -> None:
         sub,
         "generalization-table",
         cmd_generalization_table,
-        "the patient-agnostic table (table2) from the held-out subjects' run csvs",
-        "Reads: the held-out subjects' run csvs (--runs). Writes: --out-dir/table2.{csv,md,tex}.",
+        "the patient-agnostic table (table2), and the ablation table (table3) when the agnostic"
+        " scenario lists the ablations, from the held-out subjects' run csvs",
+        "Reads: the held-out subjects' run csvs (--runs). Writes: --out-dir/table2.{csv,md,tex}"
+        " (and table3.{csv,md,tex} when --settings lists `ablations`).",
     )
     p.add_argument("--runs", nargs="+", required=True)
     p.add_argument("--out-dir", required=True)

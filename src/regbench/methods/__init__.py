@@ -50,6 +50,9 @@ ALL_METHODS: tuple[str, ...] = (
     "abl-cnn3d",
 )
 
+# Rows of the paper's ablation study (Table 3): its two variants and the ablations.
+ABLATION_METHODS: tuple[str, ...] = tuple(m for m in ALL_METHODS if m.startswith(("ours-", "abl-")))
+
 
 class UnknownMethodError(InputError):
     pass
