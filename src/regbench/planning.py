@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from regbench.data import datasets as registry
 from regbench.data.sources import RECORD_SUFFIX
 from regbench.errors import InputError
-from regbench.methods import ABLATION_METHODS, IMPLEMENTED, OWN_MODELS
+from regbench.methods import ABLATION_METHODS, ABLATIONS, IMPLEMENTED, OWN_MODELS
 from regbench.models.variants import VARIANTS
 
 # Every file the workflow writes, relative to `results` (`data_root` for download records), with
@@ -116,24 +116,22 @@ class Plan:
         self.optimizer_study = OPTIMIZER_STUDY_METHOD in self.run_methods and bool(self.subjects)
         # The paper's Figure 4 (left), on the first patient-specific subject.
         self.backbone_subjects = self.subjects[:1] if c["backbone_study"]["enabled"] else []
+        # Table 3 (ablations) comes from the patient-agnostic runs when an agnostic scenario
+        # lists ablations (the paper's Table 3 is its generalization setting), else from the
+        # patient-specific ones.
+        listed = self.agnostic_table_methods()
+        self.agnostic_ablations = (
+            [m for m in listed if m in ABLATION_METHODS] if set(listed) & set(ABLATIONS) else []
+        )
         # Tables 1 and 3 and the figures come from the patient-specific runs: a config of the
         # agnostic scenario alone (e.g. workflow/configs/validation-cohort.yaml) has none.
-        specific = bool(self.subjects)
-        # Table 3 (ablations) comes from the patient-agnostic runs when an agnostic scenario
-        # lists ablation rows (the paper's Table 3 is its generalization setting), else from
-        # the patient-specific ones.
-        listed = self.agnostic_table_methods()
-        with_ablations = any(m.startswith("abl-") for m in listed)
-        self.agnostic_ablations = [m for m in listed if m in ABLATION_METHODS and with_ablations]
-        self.table_stems = (
-            ["table1"] + ([] if self.agnostic_ablations else ["table3"]) if specific else []
-        )
-        self.figure_stems = (
-            ["mtre_distribution", "convergence", "qualitative"]
-            + (["optimizers"] if self.optimizer_study else [])
-            if specific
-            else []
-        )
+        self.table_stems: list[str] = []
+        self.figure_stems: list[str] = []
+        if self.subjects:
+            self.table_stems = ["table1"] if self.agnostic_ablations else ["table1", "table3"]
+            self.figure_stems = ["mtre_distribution", "convergence", "qualitative"]
+            if self.optimizer_study:
+                self.figure_stems.append("optimizers")
 
     # ------------------------------------------------------------------ checks and priors
 
@@ -301,7 +299,7 @@ class Plan:
         """Table 2's settings: its rows (the ablations go to Table 3 when they are listed), the
         implemented methods not run without agnostic models, and Table 3's rows, if any."""
         blob = json.loads(self.settings("evaluation"))
-        blob["methods"] = [m for m in self.agnostic_table_methods() if not m.startswith("abl-")]
+        blob["methods"] = [m for m in self.agnostic_table_methods() if m not in ABLATIONS]
         blob["ablations"] = self.agnostic_ablations
         run = {m for d in self.agnostic for m in self.agnostic_methods(d)}
         blob["pending"] = [m for m in blob["methods"] if m in IMPLEMENTED and m not in run]

@@ -50,8 +50,12 @@ ALL_METHODS: tuple[str, ...] = (
     "abl-cnn3d",
 )
 
-# Rows of the paper's ablation study (Table 3): its two variants and the ablations.
-ABLATION_METHODS: tuple[str, ...] = tuple(m for m in ALL_METHODS if m.startswith(("ours-", "abl-")))
+# The ablations proper, and the rows of the paper's ablation study (Table 3): its two variants
+# and the ablations, in the paper's order.
+ABLATIONS: tuple[str, ...] = tuple(m for m in ALL_METHODS if m.startswith("abl-"))
+ABLATION_METHODS: tuple[str, ...] = (
+    tuple(m for m in ALL_METHODS if m.startswith("ours-")) + ABLATIONS
+)
 
 
 class UnknownMethodError(InputError):

@@ -69,9 +69,8 @@ def blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """(N,C,H,W) images, each blurred by its own Gaussian ``sigma`` (N,) [px]; reflecting
     borders, as the simulator's; differentiable in the images."""
     n, c, h, w = images.shape
-    weight = (
-        gaussian_kernels(sigma).to(images.dtype).repeat_interleave(c, 0)
-    )  # one kernel per (image, channel)
+    # One kernel per (image, channel).
+    weight = gaussian_kernels(sigma).to(images.dtype).repeat_interleave(c, 0)
     flat = images.reshape(1, n * c, h, w)
     r = KERNEL_RADIUS_PX
     rows = F.conv2d(
