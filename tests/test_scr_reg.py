@@ -87,6 +87,29 @@ def test_labels_are_the_first_and_last_bone_samples(prepared, labeller, labels):
     assert (hu_at(prepared, exit_.numpy()) <= BONE_HU).all()
 
 
+def test_compiled_and_tensor_bone_searches_agree(prepared, labeller):
+    """The CPU kernel (each ray read from its ends inwards) and the all-samples tensor path
+    (other devices) pick the same samples, ray by ray, at several poses."""
+    poses = carm_pose(
+        torch.tensor([[0.05, -0.03, 0.04], [-0.1, 0.08, 0.0], [0.2, 0.0, -0.15]]),
+        torch.tensor([[6.0, 830.0, -9.0], [-20.0, 880.0, 15.0], [0.0, 800.0, 0.0]]),
+    ).double()
+    lo, hi = labeller.projector.alpha_range(poses, prepared.ct.shape)
+    hits = 0
+    for pose, a0, a1 in zip(poses, lo, hi, strict=True):
+        source, targets = labeller.projector.rays(pose[None])
+        src, span = labeller._voxel_ray(source[0], targets[0])
+        alphas = torch.linspace(0, 1, N_POINTS, dtype=torch.float64) * (a1 - a0) + a0
+        compiled = labeller._crossings_compiled(src, span, alphas)
+        tensor = labeller._crossings(src, span, alphas)
+        for c, t in zip(compiled, tensor, strict=True):
+            assert torch.equal(c, t)
+        hits += int((compiled[0] >= 0).sum())
+        assert ((compiled[0] >= 0) == (compiled[1] >= 0)).all()
+        assert (compiled[0] <= compiled[1]).all()
+    assert hits > 0
+
+
 def test_no_bone_gives_nan_labels(prepared):
     projector = FeatureProjector.from_drr(make_drr(prepared, 1.0))
     labels = BoneEntryExit(projector, prepared.ct, prepared.affine, threshold_hu=1e9)
