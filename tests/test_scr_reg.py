@@ -27,7 +27,7 @@ from regbench.models.heatmaps import pixel_centres
 from regbench.rendering.diffdrr_adapter import make_drr
 from regbench.rendering.renderer import make_renderer
 from regbench.rendering.scene_coordinates import AIR_HU, BONE_HU, BoneEntryExit
-from regbench.rendering.torch_projector import FeatureProjector
+from regbench.rendering.torch_projector import FeatureProjector, sample_alphas
 from regbench.train.scr_reg import SceneCoordinateXrays, heteroscedastic_loss
 
 N_POINTS = 64
@@ -99,7 +99,7 @@ def test_compiled_and_tensor_bone_searches_agree(prepared, labeller):
     for pose, a0, a1 in zip(poses, lo, hi, strict=True):
         source, targets = labeller.projector.rays(pose[None])
         src, span = labeller._voxel_ray(source[0], targets[0])
-        alphas = torch.linspace(0, 1, N_POINTS, dtype=torch.float64) * (a1 - a0) + a0
+        alphas = sample_alphas(a0.reshape(1, 1), a1.reshape(1, 1), N_POINTS)[0]
         compiled = labeller._crossings_compiled(src, span, alphas)
         tensor = labeller._crossings(src, span, alphas)
         for c, t in zip(compiled, tensor, strict=True):

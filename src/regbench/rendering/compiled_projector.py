@@ -295,8 +295,14 @@ def _kernel_args(volume: FastVolume, src: torch.Tensor, tgt: torch.Tensor, alpha
     step = ((a[:, -1] - a[:, 0]) / (p - 1)).contiguous().numpy()
     # The clamp of FeatureProjector's _integrate, in padded voxel coordinates.
     bounds = np.array([[0.5] * 3, [d + _PAD + 0.5 for d in volume.shape]], dtype=flat.dtype)
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    use_torch_threads()
     return axis, (flat, layout, sizes, src_p, tgt_p, alphas_np, lo, step, bounds)
+
+
+def use_torch_threads() -> None:
+    """Run the next parallel kernel on torch's thread count (at most numba's): a job given one
+    thread by the workflow then runs its kernels on one thread too."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
 def _march(

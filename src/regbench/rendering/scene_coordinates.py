@@ -18,12 +18,12 @@ every sample. Both read the same float32 coordinates and weights (tested against
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
 from numba import njit, prange
 
+from regbench.rendering.compiled_projector import use_torch_threads
 from regbench.rendering.torch_projector import FeatureProjector, sample_alphas
 
 AIR_HU = -1000.0
@@ -126,7 +126,7 @@ class BoneEntryExit:
         """:meth:`_crossings` by the compiled kernel: each ray read from its ends inwards."""
         first = np.empty(len(span), dtype=np.int64)
         last = np.empty(len(span), dtype=np.int64)
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        use_torch_threads()
         _bone_crossings(
             self.volume[0, 0].numpy(),
             self.block_max,
