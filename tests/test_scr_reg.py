@@ -28,7 +28,7 @@ from regbench.rendering.diffdrr_adapter import make_drr
 from regbench.rendering.renderer import make_renderer
 from regbench.rendering.scene_coordinates import AIR_HU, BONE_HU, BoneEntryExit
 from regbench.rendering.torch_projector import FeatureProjector, sample_alphas
-from regbench.train.scr_reg import SceneCoordinateXrays, heteroscedastic_loss
+from regbench.train.scr_reg import ReplayPool, SceneCoordinateXrays, heteroscedastic_loss
 
 N_POINTS = 64
 
@@ -127,6 +127,51 @@ def test_training_labels_sit_on_the_rays_of_the_training_image(prepared):
         bone_part = data.xrays.projector(data.xrays.volume, poses, N_POINTS)[0, 1]
     hit = torch.isfinite(labels[0, 0]).all(-1)
     assert hit.any() and (bone_part[hit] > 0).all()  # labelled rays cross bone in the image
+
+
+class _NumberedRenders:
+    """A stand-in for the training data: pose k renders as parts and labels holding k, and
+    "degrading" keeps the soft-tissue part, so a served image names the pose it came from."""
+
+    def __init__(self) -> None:
+        self.rendered = 0
+        self.xrays = self
+
+    def render(self, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = poses[:, 0, 3]
+        self.rendered += len(poses)
+        return ids[:, None, None, None].expand(-1, 2, 2, 2).clone(), ids[
+            :, None, None, None, None
+        ].expand(-1, 2, 2, 2, 3).clone()
+
+    def degrade(self, parts: torch.Tensor, generator: torch.Generator):
+        return parts[:, :1].clone(), None, None
+
+
+@pytest.mark.parametrize("batch_size, reuse", [(2, 1), (2, 4), (3, 2)])
+def test_replay_pool_serves_each_render_about_reuse_times_with_its_own_labels(batch_size, reuse):
+    data, counter = _NumberedRenders(), iter(range(1, 10**6))
+
+    def numbered_poses(n: int) -> torch.Tensor:
+        poses = torch.eye(4, dtype=torch.float64).repeat(n, 1, 1)
+        poses[:, 0, 3] = torch.tensor([float(next(counter)) for _ in range(n)])
+        return poses
+
+    pool = ReplayPool(data, numbered_poses, batch_size, reuse, torch.Generator().manual_seed(0))
+    steps, served = 400, []
+    for step in range(steps):
+        images, labels = pool.sample()
+        ids = images[:, 0, 0, 0]
+        assert len(ids) == batch_size and len(set(ids.tolist())) == batch_size
+        assert torch.equal(labels[:, 0, 0, 0, 0], ids)  # each image with its own labels
+        if reuse == 1:  # every batch is this step's fresh renders
+            assert set(ids.tolist()) == set(
+                range(batch_size * (step + 1) + 1, batch_size * (step + 2) + 1)
+            )
+        served += ids.tolist()
+    assert data.rendered == batch_size * reuse + steps * batch_size // reuse
+    uses = np.bincount(np.array(served, dtype=int))[batch_size * reuse + 1 :]
+    assert abs(uses.mean() - reuse) < 0.1 * reuse
 
 
 def test_heteroscedastic_loss_on_a_hand_computed_case():

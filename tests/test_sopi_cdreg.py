@@ -168,6 +168,29 @@ def test_convex_target_is_zero_at_the_truth_increasing_and_convex():
     assert float(convex_target(torch.tensor(15.0), 5.0)) == pytest.approx(5 * (10**0.5 - 1))
 
 
+def test_cdreg_matched_initialisation_compares_like_with_like(settings):
+    """Matched: an X-ray embeds exactly as a DRR whose density channel is that image, whatever
+    its learned channels hold; each head increases with the squared feature differences."""
+    model = _model("cdreg", settings).eval()
+    torch.manual_seed(1)
+    x = torch.randn(2, 1, 32, 32)
+    drr = torch.cat([x, torch.randn(2, model.channels - 1, 32, 32)], dim=1)
+    with torch.no_grad():
+        e_x, e_d = model.embed_xray(x)[0], model.embed_drr_images(drr)
+        assert torch.allclose(e_x.double(), e_d.double(), atol=1e-5)
+        low, high = model.split(e_x)
+        step = 0.1 * torch.randn_like(low)
+        for head, a in ((model.low_head, low), (model.high_head, high)):
+            values = [float(head(a, a + k * step)[0]) for k in (0, 1, 2, 4)]
+            assert values == sorted(values) and values[-1] > values[0]
+    s = copy.deepcopy(settings)
+    s["cdreg"]["training"]["matched_init"] = False
+    independent = _model("cdreg", s).eval()
+    with torch.no_grad():
+        e_x, e_d = independent.embed_xray(x)[0], independent.embed_drr_images(drr)
+    assert not torch.allclose(e_x.double(), e_d.double(), atol=1e-3)
+
+
 # ------------------------------------------------------------------ training and refinement
 
 
@@ -190,6 +213,18 @@ def test_a_training_step_sends_finite_gradients_to_every_part(setup, settings, v
         if variant == "sopi"
         else (model.encoder, model.low_head, model.high_head, model.volume_net)
     )
+    if variant == "cdreg":
+        # matched start: the learned channels enter through zero shallow weights, so the first
+        # step moves those weights and the volume network is reached from the second step on
+        assert float(model.encoder.shallow[0].weight.grad[:, 1:].abs().sum()) > 0
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p -= 0.1 * p.grad
+        model.zero_grad()
+        residual = LatentResidual(model, setup, xrays, model.features(setup.density))
+        terms = step_losses(residual, start, gt, xrays, torch.ones(2), cfg)
+        sum(w * value for w, value in terms.values()).backward()
     for part in parts:
         grads = [p.grad for p in part.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -159,6 +159,7 @@ class CdregModel(EmbeddingSimilarity):
         head_cells: int,
         head_hidden: int,
         bone_attenuation: float,
+        matched_init: bool = True,
     ) -> None:
         super().__init__()
         self.variant = variant
@@ -169,6 +170,27 @@ class CdregModel(EmbeddingSimilarity):
         self.high_head = DistanceHead(width, head_cells, head_hidden)
         self.width = int(width)
         self.register_buffer("bone_attenuation", torch.tensor(float(bone_attenuation)))
+        if matched_init:
+            self.match_initialisation()
+
+    @torch.no_grad()
+    def match_initialisation(self) -> None:
+        """Start the untrained network as a distance of like with like, so that its pose gradient
+        points home near the truth from the first step (independent random branches and heads
+        give one unrelated to it): the shallow encoder reads the density channel only (its
+        weights on the learned channels start at zero; the X-ray is repeated over the
+        channels), each DRR branch starts as a copy of the X-ray's, and each head starts
+        increasing in every squared feature difference (non-negative weights, a constant gate).
+        Training is free to move every weight from there."""
+        self.encoder.shallow[0].weight[:, 1:] = 0
+        for branches in (self.encoder.low, self.encoder.high):
+            branches["drr"].load_state_dict(branches["xray"].state_dict())
+        for head in (self.low_head, self.high_head):
+            for layer in (head.body[0], head.value):
+                layer.weight.abs_()
+                layer.bias.zero_()
+            head.gate.weight.zero_()
+            head.gate.bias.zero_()
 
     def _embed(self, images: torch.Tensor, modality: str) -> torch.Tensor:
         low, high = self.encoder(standardize(images).float(), modality)

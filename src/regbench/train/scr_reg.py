@@ -9,6 +9,7 @@ heteroscedastic Gaussian likelihood (:func:`heteroscedastic_loss`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -70,10 +71,54 @@ class SceneCoordinateXrays:
         self, poses: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(N,4,4) poses -> (N,1,H,W) X-rays and (N,2,H,W,3) entry/exit labels (mm)."""
-        images = self.xrays.sample(poses, generator)
+        parts, labels = self.render(poses)
+        return self.xrays.degrade(parts, generator)[0], labels
+
+    def render(self, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,4,4) poses -> their rendered parts (N,2,H,W) (an X-ray once degraded) and labels
+        (N,2,H,W,3)."""
+        parts = self.xrays.parts(poses)
         # The projector renders in its volume's dtype: label the rays of the pose it used.
         rendered = poses.to(self.xrays.volume.dtype).to(torch.float64)
-        return images, self.labels(rendered, self.xrays.n_points)
+        return parts, self.labels(rendered, self.xrays.n_points)
+
+
+class ReplayPool:
+    """Rendered training poses, each served to about ``reuse`` steps, every time with a bone
+    contrast and degradations of its own.
+
+    Rendering a DRR and labelling its rays cost about two thirds of a step of the small U-Net
+    on the CPU; a pool of ``batch_size * reuse`` rendered poses, of which each step replaces
+    the oldest ``batch_size / reuse`` (on average) and draws its batch without replacement,
+    makes a step that much cheaper. ``reuse = 1`` renders every image afresh.
+    """
+
+    def __init__(
+        self,
+        data: SceneCoordinateXrays,
+        draw_poses: Callable[[int], torch.Tensor],
+        batch_size: int,
+        reuse: int,
+        generator: torch.Generator,
+    ) -> None:
+        self.data, self.draw_poses, self.generator = data, draw_poses, generator
+        self.batch_size, self.reuse = int(batch_size), int(reuse)
+        self.parts, self.labels = data.render(draw_poses(self.batch_size * self.reuse))
+        self.steps = 0
+        self.oldest = 0
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next step's (B,1,H,W) X-rays and (B,2,H,W,3) labels."""
+        fresh = (self.steps + 1) * self.batch_size // self.reuse
+        fresh -= self.steps * self.batch_size // self.reuse
+        self.steps += 1
+        if fresh:
+            slots = (self.oldest + torch.arange(fresh)) % len(self.parts)
+            self.parts[slots], self.labels[slots] = self.data.render(self.draw_poses(fresh))
+            self.oldest = int(slots[-1] + 1) % len(self.parts)
+        chosen = torch.randperm(len(self.parts), generator=self.generator)[: self.batch_size]
+        images = self.data.xrays.degrade(self.parts[chosen], self.generator)[0]
+        return images, self.labels[chosen]
 
 
 def train_scr_reg(
@@ -100,9 +145,16 @@ def train_scr_reg(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["steps"])
     state = TrainingState(model, optimizer, scheduler, generator, fp_settings)
 
+    pool = ReplayPool(
+        data,
+        lambda n: carm_pose(*prior.sample_params(n, generator)),
+        cfg["batch_size"],
+        cfg["reuse"],
+        generator,
+    )
+
     def step_loss() -> torch.Tensor:
-        rot, trans = prior.sample_params(cfg["batch_size"], generator)
-        images, labels = data.sample(carm_pose(rot, trans), generator)
+        images, labels = pool.sample()
         return heteroscedastic_loss(model(images.to(device)), labels.to(device), model.scale_mm)
 
     state.run(step_loss, cfg, out, log, METHOD)

@@ -92,6 +92,7 @@ def build_similarity_model(
             cfg["head_cells"],
             cfg["head_hidden"],
             bone,
+            cfg["matched_init"],
         )
     return SimilarityModel(
         VARIANTS[variant],

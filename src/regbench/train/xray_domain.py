@@ -65,12 +65,26 @@ class TrainingXrays:
         self.bone_range = tuple(float(v) for v in settings["augment"]["bone_attenuation"])
         self.device = drr.density.device
 
+    def parts(self, poses: torch.Tensor) -> torch.Tensor:
+        """(N,4,4) poses -> (N,2,H,W) soft-tissue and bone line integrals, from which an image
+        of any bone multiplier is composed (:meth:`degrade`)."""
+        with torch.no_grad():
+            return self.projector(self.volume, poses.to(self.device), self.n_points)
+
     def clean(self, poses: torch.Tensor, bone: torch.Tensor) -> torch.Tensor:
         """(N,4,4) poses, (N,) bone multipliers -> (N,1,H,W) line integrals (no degradation)."""
-        with torch.no_grad():
-            parts = self.projector(self.volume, poses.to(self.device), self.n_points)
-        bone = bone.to(parts)[:, None, None, None]
-        return (parts[:, :1] + bone * parts[:, 1:2]).float().cpu()
+        return compose(self.parts(poses), bone)
+
+    def degrade(
+        self, parts: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, Imaging]:
+        """Rendered :meth:`parts` -> X-ray-like images (N,1,H,W), each with its own bone
+        multiplier and degradations drawn with ``generator``, the multipliers (N,) and the
+        images' imaging model (detector blur, display gamma)."""
+        lo, hi = self.bone_range
+        bone = lo + (hi - lo) * torch.rand(len(parts), generator=generator, dtype=torch.float64)
+        images, imaging = augment(compose(parts, bone), generator)
+        return images, bone, imaging
 
     def sample(self, poses: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """(N,4,4) poses -> (N,1,H,W) X-ray-like images, each with its own bone multiplier
@@ -82,7 +96,11 @@ class TrainingXrays:
     ) -> tuple[torch.Tensor, torch.Tensor, Imaging]:
         """:meth:`sample`, the (N,) bone multipliers drawn for the images and their imaging
         model (detector blur, display gamma)."""
-        lo, hi = self.bone_range
-        bone = lo + (hi - lo) * torch.rand(len(poses), generator=generator, dtype=torch.float64)
-        images, imaging = augment(self.clean(poses, bone), generator)
-        return images, bone, imaging
+        return self.degrade(self.parts(poses), generator)
+
+
+def compose(parts: torch.Tensor, bone: torch.Tensor) -> torch.Tensor:
+    """(N,2,H,W) rendered parts, (N,) bone multipliers -> (N,1,H,W) float32 line integrals on
+    the CPU."""
+    bone = bone.to(parts)[:, None, None, None]
+    return (parts[:, :1] + bone * parts[:, 1:2]).float().cpu()
