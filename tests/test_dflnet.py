@@ -29,7 +29,7 @@ from regbench.models.landmark_net import (
     peak_confidence,
 )
 from regbench.rendering.renderer import make_renderer
-from regbench.train.xray_domain import TrainingXrays
+from regbench.train.xray_domain import TrainingXrays, compose
 
 SIGMA = 1.5
 
@@ -124,7 +124,7 @@ def test_labels_sit_on_the_landmarks_in_the_training_and_test_xrays(prepared):
         subject = Prepared(ct, prepared.affine, prepared.landmarks, prepared.geometry)
         label = landmark_pixels(poses.numpy(), cube[None], prepared.geometry)[:, 0]
         assert torch.isfinite(label).all()
-        train = TrainingXrays(subject, settings()).clean(poses, torch.ones(2))
+        train = compose(TrainingXrays(subject, settings()).parts(poses), torch.ones(2))
         test = make_renderer(subject, 1.0).render(poses, 64)
         for images in (train, test):
             blob = images[:, 0].double() - images.amin(dim=(-2, -1))[:, 0, None, None]

@@ -121,7 +121,8 @@ def test_training_labels_sit_on_the_rays_of_the_training_image(prepared):
     settings["render"]["n_points"] = N_POINTS
     data = SceneCoordinateXrays(prepared, settings, BONE_HU, torch.device("cpu"))
     poses = true_pose()[None]
-    images, labels = data.sample(poses, torch.Generator().manual_seed(0))
+    parts, labels = data.render(poses)
+    images = data.xrays.degrade(parts, torch.Generator().manual_seed(0))[0]
     assert images.shape == (1, 1, 32, 32) and labels.shape == (1, 2, 32, 32, 3)
     with torch.no_grad():
         bone_part = data.xrays.projector(data.xrays.volume, poses, N_POINTS)[0, 1]
@@ -251,7 +252,7 @@ def test_an_oracle_recovers_the_pose_on_the_default_detector(prepared):
     subject = Prepared(prepared.ct, prepared.affine, prepared.landmarks, geometry)
     settings["render"]["n_points"] = N_POINTS
     data = SceneCoordinateXrays(subject, settings, BONE_HU, torch.device("cpu"))
-    _, labels = data.sample(true_pose()[None], torch.Generator().manual_seed(0))
+    _, labels = data.render(true_pose()[None])
     method = oracle_method(subject, Oracle(labels[0], geometry), border_px=2)
     result = method.register(torch.zeros(1, 1, 64, 64), true_pose())
     assert result.status == "ok", result.message

@@ -16,7 +16,7 @@ from regbench.models.residual import LatentResidual
 from regbench.rendering.diffdrr_adapter import make_drr
 from regbench.rendering.renderer import make_renderer
 from regbench.train.similarity import build_similarity_model, sample_starts, unrolled_lm_loss
-from regbench.train.xray_domain import TrainingXrays, density_parts
+from regbench.train.xray_domain import TrainingXrays, compose, density_parts
 
 
 @pytest.mark.parametrize("bone", [1.0, 1.6])
@@ -34,7 +34,7 @@ def test_training_xrays_render_the_test_contrast(prepared, similarity_settings):
     the simulator renders (up to the scale the degradation removes)."""
     xrays = TrainingXrays(prepared, similarity_settings)
     pose = pose_deg((2.0, -1.0, 0.5), (3.0, 860.0, -2.0))
-    ours = xrays.clean(pose, torch.tensor([1.6]))
+    ours = compose(xrays.parts(pose), torch.tensor([1.6]))
     ref = make_renderer(prepared, 1.6, "compiled").render(
         pose, similarity_settings["render"]["n_points"]
     )

@@ -67,16 +67,9 @@ class SceneCoordinateXrays:
             self.xrays.projector, prepared.ct, prepared.affine, threshold_hu
         )
 
-    def sample(
-        self, poses: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N,4,4) poses -> (N,1,H,W) X-rays and (N,2,H,W,3) entry/exit labels (mm)."""
-        parts, labels = self.render(poses)
-        return self.xrays.degrade(parts, generator)[0], labels
-
     def render(self, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N,4,4) poses -> their rendered parts (N,2,H,W) (an X-ray once degraded) and labels
-        (N,2,H,W,3)."""
+        """(N,4,4) poses -> their rendered parts (N,2,H,W) (an X-ray once
+        ``self.xrays.degrade``-d) and entry/exit labels (N,2,H,W,3) in mm."""
         parts = self.xrays.parts(poses)
         # The projector renders in its volume's dtype: label the rays of the pose it used.
         rendered = poses.to(self.xrays.volume.dtype).to(torch.float64)
@@ -105,17 +98,15 @@ class ReplayPool:
         self.batch_size, self.reuse = int(batch_size), int(reuse)
         self.parts, self.labels = data.render(draw_poses(self.batch_size * self.reuse))
         self.steps = 0
-        self.oldest = 0
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next step's (B,1,H,W) X-rays and (B,2,H,W,3) labels."""
-        fresh = (self.steps + 1) * self.batch_size // self.reuse
-        fresh -= self.steps * self.batch_size // self.reuse
+        replaced = self.steps * self.batch_size // self.reuse  # so far; the oldest is next
+        fresh = (self.steps + 1) * self.batch_size // self.reuse - replaced
         self.steps += 1
         if fresh:
-            slots = (self.oldest + torch.arange(fresh)) % len(self.parts)
+            slots = (replaced + torch.arange(fresh)) % len(self.parts)
             self.parts[slots], self.labels[slots] = self.data.render(self.draw_poses(fresh))
-            self.oldest = int(slots[-1] + 1) % len(self.parts)
         chosen = torch.randperm(len(self.parts), generator=self.generator)[: self.batch_size]
         images = self.data.xrays.degrade(self.parts[chosen], self.generator)[0]
         return images, self.labels[chosen]

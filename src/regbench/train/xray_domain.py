@@ -66,14 +66,10 @@ class TrainingXrays:
         self.device = drr.density.device
 
     def parts(self, poses: torch.Tensor) -> torch.Tensor:
-        """(N,4,4) poses -> (N,2,H,W) soft-tissue and bone line integrals, from which an image
-        of any bone multiplier is composed (:meth:`degrade`)."""
+        """(N,4,4) poses -> (N,2,H,W) soft-tissue and bone line integrals, from which the image
+        of any bone multiplier is composed (:func:`compose`; degraded by :meth:`degrade`)."""
         with torch.no_grad():
             return self.projector(self.volume, poses.to(self.device), self.n_points)
-
-    def clean(self, poses: torch.Tensor, bone: torch.Tensor) -> torch.Tensor:
-        """(N,4,4) poses, (N,) bone multipliers -> (N,1,H,W) line integrals (no degradation)."""
-        return compose(self.parts(poses), bone)
 
     def degrade(
         self, parts: torch.Tensor, generator: torch.Generator
