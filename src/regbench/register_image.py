@@ -337,13 +337,16 @@ def _regressor(subject, settings: dict, settings_path: Path, models: Path, devic
 
 
 def _attach_similarity(context, subject, method: str, settings, models: Path, regressor, device):
+    from regbench.models.variants import training_seed_tag
     from regbench.seeding import derive_seed
     from regbench.train.similarity import train_similarity
 
     path = models / f"similarity-{method}.pt"
     if not path.is_file():
         log.info("training the %s similarity into %s", method, path)
-        seed = derive_seed(settings["seed"], "register-image", "similarity", method)
+        seed = derive_seed(
+            settings["seed"], "register-image", "similarity", training_seed_tag(method)
+        )
         train_similarity(
             subject, method, settings, seed, path, path.with_suffix(".log.csv"), device, regressor
         )

@@ -54,14 +54,14 @@ def cmd_train_regressor(args: argparse.Namespace) -> None:
 
 
 def cmd_train_similarity(args: argparse.Namespace) -> None:
-    from regbench.models.variants import VARIANTS
+    from regbench.models.variants import VARIANTS, training_seed_tag
     from regbench.train.agnostic import train_similarity_agnostic
     from regbench.train.regressor import load_regressor
     from regbench.train.similarity import train_similarity
 
     if args.variant not in VARIANTS:
         raise InputError(f"unknown similarity variant '{args.variant}' (known: {sorted(VARIANTS)})")
-    stage, data = _open(args, "similarity", args.variant)
+    stage, data = _open(args, "similarity", training_seed_tag(args.variant))
     train = train_similarity
     if _pooled(args):
         subjects = pooled_subjects(args.prepared)

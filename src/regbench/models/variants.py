@@ -49,3 +49,11 @@ VARIANTS: dict[str, Variant] = {
     # SE(3) geodesic distance plus the correlation-driven decomposition loss; Adam refinement.
     "cdreg": Variant("cnn3d", "learned", "se3", "adam", model="cdreg", loss="convex"),
 }
+
+
+def training_seed_tag(name: str) -> str:
+    """The tag of variant ``name``'s training seed. The paper's method and its ablations (the
+    LM-refined variants) share one: the same initial weights wherever their networks agree and
+    the same training X-rays and starts, so Table 3 compares the ablated component, not two
+    random draws of training. Baselines keep a seed of their own."""
+    return "ours-and-ablations" if VARIANTS[name].refiner == "lm" else name
