@@ -27,7 +27,7 @@ def training_curve(subject_dir: Path, variant: str, steps: list[int], n_xrays: i
 
     from regbench.data.subject import load_prepared
     from regbench.methods import build_method
-    from regbench.models.variants import VARIANTS
+    from regbench.models.variants import VARIANTS, training_seed_tag
     from regbench.runner import registration_context
     from regbench.seeding import derive_seed
     from regbench.train.checkpoint import save_checkpoint
@@ -44,7 +44,7 @@ def training_curve(subject_dir: Path, variant: str, steps: list[int], n_xrays: i
         raise FileNotFoundError(f"no finished {variant} registration: {snapshot} is missing")
     settings = json.loads(snapshot.read_text())["settings"]
     dataset, subject = subject_dir.parent.name, subject_dir.name
-    seed = derive_seed(settings["seed"], dataset, subject, "similarity", variant)
+    seed = derive_seed(settings["seed"], dataset, subject, "similarity", training_seed_tag(variant))
     regressor = load_regressor(subject_dir / "models" / "regressor.pt", settings, "cpu")
     prepared = load_prepared(subject_dir / "prepared")
     rows = []
