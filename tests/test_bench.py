@@ -9,7 +9,7 @@ import torch
 from conftest import REPO
 
 from regbench import bench
-from regbench.bench import dag_rows, summary_markdown
+from regbench.bench import dag_rows, seeds_markdown, summary_markdown
 from regbench.cli import bench as bench_verb
 from regbench.cli import main
 
@@ -68,6 +68,24 @@ def test_bench_command_writes_csv_and_summary(tmp_path, sections):
         assert table[lm, "X-rays"] == 1 and table[lm, "samples per ray"] == 64
         assert (out / "convergence.trajectory.csv").stat().st_size > 0
         assert "sub-millimetre" in summary
+
+
+def test_seeds_summary_gives_the_spread_and_paired_differences():
+    """Two methods, three training seeds: mean ± sample std over trainings, and the second
+    method's difference to the first seed by seed (hand-computed)."""
+    means = {"a": [0.2, 0.3, 0.4], "b": [0.1, 0.4, 0.3]}
+    rows = pd.DataFrame(
+        [
+            bench._row("seeds", name, k, "mean mTRE", v, "mm", torch.device("cpu"))
+            for name, values in means.items()
+            for k, v in enumerate(values)
+        ]
+    )
+    text = seeds_markdown(rows)
+    assert "| a | 0.200 | 0.300 | 0.400 | 0.300 ± 0.100 | – | – |" in text
+    # b - a = (-0.1, +0.1, -0.1): mean -0.033, std 0.115; below a on 2 of 3.
+    assert "| b | 0.100 | 0.400 | 0.300 | 0.267 ± 0.153 | -0.033 ± 0.115 | 2 of 3 |" in text
+    assert text in summary_markdown(rows)
 
 
 def test_drift_splits_landmark_errors_into_depth_and_in_plane():

@@ -87,14 +87,16 @@ def test_run_csvs_follow_the_data_contract(finished_run):
         assert one["iteration"].tolist() == list(range(len(one)))
 
 
-def test_minimum_and_training_sections_on_the_finished_run(finished_run, tmp_path):
-    """`bench --sections minimum training` on the finished run: one drift row per refining
-    method; the learned similarity retrained for 0 and 1 steps, registered from both starts."""
+def test_minimum_training_and_seeds_sections_on_the_finished_run(finished_run, tmp_path):
+    """`bench --sections minimum training seeds` on the finished run: one drift row per refining
+    method; the learned similarity retrained for 0 and 1 steps, registered from both starts;
+    and retrained with one other training seed, registered on every X-ray."""
     out = tmp_path / "bench"
     code = main(
         [
-            "bench", "--out", str(out), "--sections", "minimum", "training",
+            "bench", "--out", str(out), "--sections", "minimum", "training", "seeds",
             "--minimum-xrays", "1", "--training-steps", "0", "1",
+            "--seed-variants", "ours-so4", "--training-seeds", "1",
             "--runs", str(finished_run / "results" / "embedded" / "chest"), "--threads", "1",
             "--config", str(finished_run / "config.yaml"),
         ]
@@ -110,6 +112,17 @@ def test_minimum_and_training_sections_on_the_finished_run(finished_run, tmp_pat
     assert set(curve["steps"]) == {0, 1} and set(curve["start"]) == {"regressor", "ground truth"}
     assert np.isfinite(curve["mtre_mm"]).all()
     assert (out / "training_curve.png").stat().st_size > 0
+    spread = pd.read_csv(out / "seeds.csv", dtype={"xray_id": str})
+    run = pd.read_csv(
+        finished_run / "results" / "embedded" / "chest" / "runs" / "ours-so4.csv",
+        dtype={"xray_id": str},
+    )
+    own = spread[spread["training_seed"] == 0]
+    assert own["mtre_mm"].tolist() == run["mtre_mm"].tolist()
+    again = spread[spread["training_seed"] == 1]
+    assert again["xray_id"].tolist() == run["xray_id"].tolist()
+    assert np.isfinite(again["mtre_mm"]).all()
+    assert "Spread between trainings" in (out / "bench.md").read_text()
 
 
 RUNS = Path("results/embedded/chest/runs")

@@ -1,6 +1,6 @@
 """``regbench bench``: how fast the pieces that dominate run time are, against diffdrr.
 
-Six sections, one long csv (``section, name, size, metric, value, unit, device``) and a
+Seven sections, one long csv (``section, name, size, metric, value, unit, device``) and a
 Markdown summary with the ratios:
 
 * ``render``: images/s and ray-samples/s of diffdrr's trilinear and Siddon renderers, the
@@ -19,6 +19,10 @@ Markdown summary with the ratios:
 * ``training``: one learned similarity of a finished run retrained for several step counts
   (:mod:`regbench.training_curve`), registered from the regressor's start and from the truth;
   meant for a validation run.
+* ``seeds``: learned similarities of a finished run retrained with other training seeds
+  (:func:`regbench.training_curve.training_spread`), registered on every X-ray: the spread
+  between trainings, and each variant's paired difference to the first, so a table's ranking
+  can be read against it.
 * ``dag``: wall seconds per rule of a finished run, from Snakemake's ``benchmark:`` files.
 """
 
@@ -55,7 +59,7 @@ from regbench.rendering.torch_projector import FeatureProjector
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("render", "jacobian", "convergence", "minimum", "training", "dag")
+SECTIONS = ("render", "jacobian", "convergence", "minimum", "training", "seeds", "dag")
 COLUMNS = ["section", "name", "size", "metric", "value", "unit", "device"]
 REFERENCE = "diffdrr trilinear"
 
@@ -93,6 +97,8 @@ class BenchSettings:
     minimum_xrays: int = 10
     training_steps: tuple[int, ...] = (0, 30, 60, 120)
     training_variant: str = "ours-so4"
+    seed_variants: tuple[str, ...] = ("ours-so4", "abl-euclidean", "abl-hyperbolic")
+    training_seeds: int = 3
 
     @classmethod
     def from_config(cls, cfg: dict, **options: Any) -> BenchSettings:
@@ -423,6 +429,48 @@ def training_rows(
     return rows
 
 
+def seed_rows(
+    runs: Path, variants: tuple[str, ...], repeats: int, out_dir: Path, device: torch.device
+) -> list[dict]:
+    """Section ``seeds``: each variant's mean mTRE per training seed (0: the run's own model;
+    ``seeds.csv`` per X-ray)."""
+    from regbench.training_curve import training_spread
+
+    frame = pd.DataFrame(training_spread(runs, list(variants), repeats))
+    write_csv(frame, out_dir / "seeds.csv")
+    means = frame.groupby(["variant", "training_seed"], sort=False)["mtre_mm"].mean()
+    return [
+        _row("seeds", variant, k, "mean mTRE", value, "mm", device)
+        for (variant, k), value in means.items()
+    ]
+
+
+def seeds_markdown(seeds: pd.DataFrame) -> str:
+    """Mean mTRE per variant and training seed, their mean and spread over trainings, and each
+    variant's paired difference to the first variant (same training seed)."""
+    table = seeds.pivot_table(index="name", columns="size", values="value", sort=False)
+    first = table.index[0]
+    lines = [
+        "## Spread between trainings: mean mTRE (mm) per training seed (0: the run's own model)\n",
+        "| method | "
+        + " | ".join(str(k) for k in table.columns)
+        + f" | mean ± std | minus {first} (paired) | below {first} |",
+        "|---|" + "---|" * (len(table.columns) + 3),
+    ]
+    for name, values in table.iterrows():
+        diff = values - table.loc[first]
+        spread = f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}"
+        paired = (
+            "–"
+            if name == first
+            else f"{diff.mean():+.3f} ± {diff.std(ddof=1) if len(diff) > 1 else 0:.3f}"
+        )
+        below = "–" if name == first else f"{int((diff < 0).sum())} of {len(diff)}"
+        cells = " | ".join(f"{v:.3f}" for v in values)
+        lines.append(f"| {name} | {cells} | {spread} | {paired} | {below} |")
+    return "\n".join(lines) + "\n"
+
+
 def dag_rows(benchmarks: Path, device: torch.device) -> list[dict]:
     """Section ``dag``: per-rule sums of Snakemake benchmark files under ``benchmarks``."""
     rows = []
@@ -559,6 +607,9 @@ def summary_markdown(rows: pd.DataFrame) -> str:
                 f"{r['SMSR']:.0f} |"
             )
         parts.append("\n".join(lines) + "\n")
+    seeds = rows[rows["section"] == "seeds"]
+    if len(seeds):
+        parts.append(seeds_markdown(seeds))
     dag = rows[rows["section"] == "dag"]
     if len(dag):
         table = dag.pivot_table(index="name", columns="metric", values="value")
@@ -631,6 +682,8 @@ def run_bench(settings: BenchSettings, device: torch.device) -> pd.DataFrame:
         rows += training_rows(
             b.runs, b.training_variant, b.training_steps, b.minimum_xrays, out_dir, device
         )
+    if "seeds" in sections and b.runs is not None:
+        rows += seed_rows(b.runs, b.seed_variants, b.training_seeds, out_dir, device)
     if "dag" in sections and b.benchmarks is not None:
         rows += dag_rows(b.benchmarks, device)
     frame = pd.DataFrame(rows, columns=COLUMNS)

@@ -1,9 +1,9 @@
-"""Does longer training help? One learned similarity trained for several step counts on a
-finished run's subject, each registered on the same X-rays (from the regressor's start and
-from the ground truth).
+"""A finished run's learned similarity retrained: for several step counts (does longer training
+help?, :func:`training_curve`) or with other training seeds (how far apart do two trainings of
+the same settings end?, :func:`training_spread`), each registered on the run's X-rays.
 
-Run it on a validation run (``workflow/configs/validation.yaml``), not on the default test
-X-rays: it is how the training budget is chosen.
+Run them on a validation run (``workflow/configs/validation.yaml``), not on the default test
+X-rays: the curve is how the training budget is chosen.
 """
 
 from __future__ import annotations
@@ -108,3 +108,74 @@ def training_curve(subject_dir: Path, variant: str, steps: list[int], n_xrays: i
             ]
             log.info("%s, %d steps: median mTRE %.3f mm", variant, n_steps, np.median(done))
     return rows
+
+
+def training_spread(subject_dir: Path, variants: list[str], repeats: int) -> list[dict]:
+    """Rows (variant, training_seed, xray_id, mtre_mm): each variant's finished registration
+    (training seed 0: the run's own model) and ``repeats`` retrainings with other training
+    seeds, each registered on every X-ray from the regressor's start. Variants with one seed
+    tag (the paper's method and its ablations) share each retraining's seed, so their
+    differences stay paired."""
+    import pandas as pd
+    import torch
+
+    from regbench.data.subject import load_prepared
+    from regbench.models.variants import VARIANTS, training_seed_tag
+    from regbench.runner import register_all, registration_context
+    from regbench.seeding import derive_seed
+    from regbench.train.regressor import load_regressor
+    from regbench.train.similarity import train_similarity
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"not learned similarities: {unknown} (known: {sorted(VARIANTS)})")
+    dataset, subject = subject_dir.parent.name, subject_dir.name
+    prepared = load_prepared(subject_dir / "prepared")
+    rows = []
+    for variant in variants:
+        finished = subject_dir / "runs" / f"{variant}.csv"
+        snapshot = subject_dir / "runs" / f"{variant}.config.json"
+        if not (finished.is_file() and snapshot.is_file()):
+            raise FileNotFoundError(f"no finished {variant} registration in {finished.parent}")
+        own = pd.read_csv(finished, dtype={"xray_id": str})
+        rows += _spread_rows(variant, 0, own)
+        settings = json.loads(snapshot.read_text())["settings"]
+        regressor = load_regressor(subject_dir / "models" / "regressor.pt", settings, "cpu")
+        tag = training_seed_tag(variant)
+        with tempfile.TemporaryDirectory() as tmp:
+            for k in range(1, repeats + 1):
+                seed = derive_seed(
+                    settings["seed"], dataset, subject, "similarity", tag, "repeat", k
+                )
+                model_path = Path(tmp) / f"similarity-{variant}-{k}.pt"
+                train_similarity(
+                    prepared,
+                    variant,
+                    settings,
+                    seed,
+                    model_path,
+                    model_path.with_suffix(".log.csv"),
+                    torch.device("cpu"),
+                    regressor,
+                )
+                subject_data, xrays, context = registration_context(
+                    subject_dir / "prepared",
+                    subject_dir / "xrays",
+                    subject_dir / "models" / "regressor.pt",
+                    model_path,
+                    settings,
+                    variant,
+                )
+                frame, _ = register_all(variant, subject_data, xrays, context)
+                rows += _spread_rows(variant, k, frame)
+                log.info(
+                    "%s, training seed %d: mean mTRE %.3f mm", variant, k, frame.mtre_mm.mean()
+                )
+    return rows
+
+
+def _spread_rows(variant: str, training_seed: int, frame) -> list[dict]:
+    return [
+        {"variant": variant, "training_seed": training_seed, "xray_id": x, "mtre_mm": float(m)}
+        for x, m in zip(frame["xray_id"], frame["mtre_mm"], strict=True)
+    ]

@@ -8,8 +8,8 @@ from pathlib import Path
 from regbench.cli.common import Subparsers
 
 # regbench.bench.SECTIONS, repeated here so that building the parser imports no torch.
-SECTIONS = ("render", "jacobian", "convergence", "minimum", "training", "dag")
-# By default the timings only: minimum and training rerun registrations (and training) on a
+SECTIONS = ("render", "jacobian", "convergence", "minimum", "training", "seeds", "dag")
+# By default the timings only: minimum, training and seeds rerun registrations (and training) on a
 # finished run, so they are asked for by name.
 DEFAULT_SECTIONS = ("render", "jacobian", "convergence", "dag")
 
@@ -35,6 +35,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         minimum_xrays=args.minimum_xrays,
         training_steps=tuple(args.training_steps),
         training_variant=args.training_variant,
+        seed_variants=tuple(args.seed_variants),
+        training_seeds=args.training_seeds,
     )
     run_bench(settings, resolve_device(args.device))
 
@@ -43,7 +45,7 @@ def add_parsers(sub: Subparsers) -> None:
     p = sub.add_parser(
         "bench",
         help="time rendering, pose Jacobians, LM vs Adam and the DAG's rules (bench.csv, bench.md)",
-        description="Reads: --config, and for the dag/minimum/training sections a finished "
+        description="Reads: --config, and for the dag/minimum/training/seeds sections a finished "
         "run (--benchmarks, --runs). Writes: --out/bench.csv, --out/bench.md and the sections' "
         "figures.",
     )
@@ -85,6 +87,15 @@ def add_parsers(sub: Subparsers) -> None:
         help="training section: step counts to retrain for",
     )
     p.add_argument("--training-variant", default="ours-so4", help="training section: the method")
+    p.add_argument(
+        "--seed-variants",
+        nargs="+",
+        default=["ours-so4", "abl-euclidean", "abl-hyperbolic"],
+        help="seeds section: the learned similarities to retrain (differences to the first)",
+    )
+    p.add_argument(
+        "--training-seeds", type=int, default=3, help="seeds section: retrainings per method"
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=2, help="torch and kernel threads")
     p.set_defaults(func=cmd_bench, settings="{}")
