@@ -70,6 +70,17 @@ def test_bench_command_writes_csv_and_summary(tmp_path, sections):
         assert "sub-millimetre" in summary
 
 
+def test_bench_names_an_overlay_config_without_the_embedded_ct(tmp_path, capsys):
+    """An overlay (the workflow completes it with config.yaml) is refused by name, before any
+    output is written."""
+    overlay = REPO / "workflow" / "configs" / "validation.yaml"
+    out = tmp_path / "bench"
+    assert main(["bench", "--config", str(overlay), "--out", str(out), "--sections", "dag"]) == 2
+    err = capsys.readouterr().err
+    assert str(overlay) in err and "datasets.embedded" in err
+    assert not out.exists()
+
+
 def test_seeds_summary_gives_the_spread_and_paired_differences():
     """Two methods, three training seeds: mean ± sample std over trainings, and the second
     method's difference to the first seed by seed (hand-computed)."""

@@ -18,9 +18,17 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from regbench.bench import BenchSettings, run_bench
     from regbench.config import load_config
     from regbench.device import resolve_device
+    from regbench.errors import InputError
 
+    cfg = load_config(args.config)
+    if "embedded" not in cfg.get("datasets", {}):
+        raise InputError(
+            f"bench --config {args.config}: no datasets.embedded section (the bench's CT and "
+            "detector). Overlays such as workflow/configs/validation.yaml complete config.yaml "
+            "only in the workflow: pass config.yaml, or a config with that section"
+        )
     settings = BenchSettings.from_config(
-        load_config(args.config),
+        cfg,
         out_dir=Path(args.out),
         sections=tuple(args.sections),
         sizes=tuple(args.sizes),
