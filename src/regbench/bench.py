@@ -457,14 +457,14 @@ def seeds_markdown(seeds: pd.DataFrame) -> str:
         + f" | mean ± std | minus {first} (paired) | below {first} |",
         "|---|" + "---|" * (len(table.columns) + 3),
     ]
+
+    def sample_std(values: pd.Series) -> float:
+        return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
     for name, values in table.iterrows():
         diff = values - table.loc[first]
-        spread = f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}"
-        paired = (
-            "–"
-            if name == first
-            else f"{diff.mean():+.3f} ± {diff.std(ddof=1) if len(diff) > 1 else 0:.3f}"
-        )
+        spread = f"{values.mean():.3f} ± {sample_std(values):.3f}"
+        paired = "–" if name == first else f"{diff.mean():+.3f} ± {sample_std(diff):.3f}"
         below = "–" if name == first else f"{int((diff < 0).sum())} of {len(diff)}"
         cells = " | ".join(f"{v:.3f}" for v in values)
         lines.append(f"| {name} | {cells} | {spread} | {paired} | {below} |")

@@ -27,7 +27,7 @@ def training_curve(subject_dir: Path, variant: str, steps: list[int], n_xrays: i
 
     from regbench.data.subject import load_prepared
     from regbench.methods import build_method
-    from regbench.models.variants import VARIANTS, training_seed_tag
+    from regbench.models.variants import VARIANTS
     from regbench.runner import registration_context
     from regbench.seeding import derive_seed
     from regbench.train.checkpoint import save_checkpoint
@@ -39,12 +39,8 @@ def training_curve(subject_dir: Path, variant: str, steps: list[int], n_xrays: i
         variant_config,
     )
 
-    snapshot = subject_dir / "runs" / f"{variant}.config.json"
-    if not snapshot.is_file():
-        raise FileNotFoundError(f"no finished {variant} registration: {snapshot} is missing")
-    settings = json.loads(snapshot.read_text())["settings"]
-    dataset, subject = subject_dir.parent.name, subject_dir.name
-    seed = derive_seed(settings["seed"], dataset, subject, "similarity", training_seed_tag(variant))
+    settings, seed_key = _finished_run(subject_dir, variant)
+    seed = derive_seed(*seed_key)
     regressor = load_regressor(subject_dir / "models" / "regressor.pt", settings, "cpu")
     prepared = load_prepared(subject_dir / "prepared")
     rows = []
@@ -120,7 +116,8 @@ def training_spread(subject_dir: Path, variants: list[str], repeats: int) -> lis
     import torch
 
     from regbench.data.subject import load_prepared
-    from regbench.models.variants import VARIANTS, training_seed_tag
+    from regbench.errors import InputError
+    from regbench.models.variants import VARIANTS
     from regbench.runner import register_all, registration_context
     from regbench.seeding import derive_seed
     from regbench.train.regressor import load_regressor
@@ -128,25 +125,19 @@ def training_spread(subject_dir: Path, variants: list[str], repeats: int) -> lis
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        raise ValueError(f"not learned similarities: {unknown} (known: {sorted(VARIANTS)})")
-    dataset, subject = subject_dir.parent.name, subject_dir.name
+        raise InputError(f"not learned similarities: {unknown} (known: {sorted(VARIANTS)})")
     prepared = load_prepared(subject_dir / "prepared")
     rows = []
     for variant in variants:
+        settings, seed_key = _finished_run(subject_dir, variant)
         finished = subject_dir / "runs" / f"{variant}.csv"
-        snapshot = subject_dir / "runs" / f"{variant}.config.json"
-        if not (finished.is_file() and snapshot.is_file()):
-            raise FileNotFoundError(f"no finished {variant} registration in {finished.parent}")
-        own = pd.read_csv(finished, dtype={"xray_id": str})
-        rows += _spread_rows(variant, 0, own)
-        settings = json.loads(snapshot.read_text())["settings"]
+        if not finished.is_file():
+            raise FileNotFoundError(f"no finished {variant} registration: {finished} is missing")
+        rows += _spread_rows(variant, 0, pd.read_csv(finished, dtype={"xray_id": str}))
         regressor = load_regressor(subject_dir / "models" / "regressor.pt", settings, "cpu")
-        tag = training_seed_tag(variant)
         with tempfile.TemporaryDirectory() as tmp:
             for k in range(1, repeats + 1):
-                seed = derive_seed(
-                    settings["seed"], dataset, subject, "similarity", tag, "repeat", k
-                )
+                seed = derive_seed(*seed_key, "repeat", k)
                 model_path = Path(tmp) / f"similarity-{variant}-{k}.pt"
                 train_similarity(
                     prepared,
@@ -172,6 +163,20 @@ def training_spread(subject_dir: Path, variants: list[str], repeats: int) -> lis
                     "%s, training seed %d: mean mTRE %.3f mm", variant, k, frame.mtre_mm.mean()
                 )
     return rows
+
+
+def _finished_run(subject_dir: Path, variant: str) -> tuple[dict, tuple]:
+    """The settings a finished run registered ``variant`` with, and the key of the seed its
+    similarity was trained from (``train-similarity``'s: master seed, dataset, subject,
+    "similarity", the variant's seed tag); retrainings extend the key."""
+    from regbench.models.variants import training_seed_tag
+
+    snapshot = subject_dir / "runs" / f"{variant}.config.json"
+    if not snapshot.is_file():
+        raise FileNotFoundError(f"no finished {variant} registration: {snapshot} is missing")
+    settings = json.loads(snapshot.read_text())["settings"]
+    key = (settings["seed"], subject_dir.parent.name, subject_dir.name, "similarity")
+    return settings, (*key, training_seed_tag(variant))
 
 
 def _spread_rows(variant: str, training_seed: int, frame) -> list[dict]:
