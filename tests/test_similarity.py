@@ -16,7 +16,12 @@ from regbench.models.residual import LatentResidual
 from regbench.models.variants import VARIANTS, training_seed_tag
 from regbench.rendering.diffdrr_adapter import make_drr
 from regbench.rendering.renderer import make_renderer
-from regbench.train.similarity import build_similarity_model, sample_starts, unrolled_lm_loss
+from regbench.train.similarity import (
+    build_similarity_model,
+    sample_starts,
+    truth_loss,
+    unrolled_lm_loss,
+)
 from regbench.train.xray_domain import TrainingXrays, compose, density_parts
 
 
@@ -120,6 +125,34 @@ def test_unrolled_lm_moves_towards_the_truth_and_trains_every_part(
         grads = [p.grad for p in part.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)
         assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_truth_loss_is_blind_to_the_feature_gain_and_trains_both_encoders(
+    similarity_setup, similarity_settings
+):
+    """The encoder features' mismatch at the true pose: positive for two random encoders,
+    unchanged when the feature gain is scaled (so switching the features off cannot meet it),
+    and it reaches both encoders and the volume network, not the gain."""
+    cfg = similarity_settings["similarity"]
+    gt = pose_deg((1.0, -2.0, 0.5), (2.0, 850.0, 1.0))
+    with torch.no_grad():
+        xray = similarity_setup.drr(gt).sum(1, keepdim=True)
+    losses = []
+    for gain in (0.1, 0.3):
+        torch.manual_seed(0)
+        model = build_similarity_model("ours-so4", cfg)
+        with torch.no_grad():
+            model.feature_gain.fill_(gain)
+        residual = LatentResidual(
+            model, similarity_setup, xray, model.features(similarity_setup.density)
+        )
+        losses.append(truth_loss(residual, gt, cfg["embed_dim"]))
+    assert 0 < losses[0].item() < 2
+    assert losses[0].item() == pytest.approx(losses[1].item(), rel=1e-5)
+    losses[1].backward()
+    assert abs(float(model.feature_gain.grad)) < 1e-6 * losses[1].item()
+    for part in (model.encoder_drr, model.encoder_xray, model.volume_net):
+        assert sum(float(p.grad.abs().sum()) for p in part.parameters() if p.grad is not None) > 0
 
 
 def test_the_paper_method_and_its_ablations_train_from_one_seed(similarity_settings):

@@ -314,7 +314,8 @@ def step_losses(
 
     * this paper's models and ProST: gradient matching (ProST-t: its geodesic form), the
       unrolled LM for LM-refined variants only (distance to the truth in mm, weight
-      ``lm_loss_weight``) and the X-ray encoder's bone-contrast estimate
+      ``lm_loss_weight``), for those too the encoder features' mismatch at the true pose
+      (:func:`truth_loss`, ``truth_loss_weight``), and the X-ray encoder's bone-contrast estimate
       against the training X-ray's own multiplier (log-squared error,
       ``contrast_loss_weight``);
     * SOPI: gradient matching and its initialiser's loss (:mod:`regbench.train.sopi`,
@@ -339,10 +340,24 @@ def step_losses(
     if variant.refiner == "lm" and cfg["lm_loss_weight"] > 0 and cfg["unroll_steps"] > 0:
         lm_loss, _ = unrolled_lm_loss(residual, start, pose_gt, cfg["unroll_steps"])
         terms["unrolled LM"] = (cfg["lm_loss_weight"], lm_loss)
+    if variant.refiner == "lm" and cfg["truth_loss_weight"] > 0:
+        terms["truth"] = (cfg["truth_loss_weight"], truth_loss(residual, pose_gt, cfg["embed_dim"]))
     estimate = residual.bone
     contrast = ((estimate.log() - bone.to(estimate).log()) ** 2).mean()
     terms["contrast"] = (cfg["contrast_loss_weight"], contrast)
     return terms
+
+
+def truth_loss(residual: LatentResidual, pose_gt: torch.Tensor, embed_dim: int) -> torch.Tensor:
+    """Mean relative mismatch ``|f_x - f_d|^2 / (|f_x|^2 + |f_d|^2)`` of the encoder features
+    of each training X-ray and of the DRR branch at its true pose. Where they differ, their
+    pose gradient pulls the residual's minimum off the truth; the ratio is blind to the
+    feature gain, so the loss cannot be met by switching the features off."""
+    model = residual.model
+    e_d = model.embed_drr_images(drr_branch_images(residual, pose_gt))
+    f_x, f_d = residual.e_x[:, -embed_dim:], e_d[:, -embed_dim:]
+    mismatch = ((f_x - f_d) ** 2).sum(-1)
+    return (mismatch / ((f_x**2).sum(-1) + (f_d**2).sum(-1) + 1e-12)).mean()
 
 
 def _convex_losses(
