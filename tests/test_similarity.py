@@ -146,7 +146,7 @@ def test_truth_loss_is_blind_to_the_feature_gain_and_trains_both_encoders(
         residual = LatentResidual(
             model, similarity_setup, xray, model.features(similarity_setup.density)
         )
-        losses.append(truth_loss(residual, gt, cfg["embed_dim"]))
+        losses.append(truth_loss(residual, gt))
     assert 0 < losses[0].item() < 2
     assert losses[0].item() == pytest.approx(losses[1].item(), rel=1e-5)
     losses[1].backward()

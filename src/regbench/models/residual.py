@@ -81,10 +81,16 @@ class LatentResidual:
 
         return cost
 
+    def drr_channel(self, pose: torch.Tensor) -> torch.Tensor:
+        """(N,1,H,W) the DRR branch's channel 0 at ``pose``: the CT's parts composed with the
+        X-ray encoder's bone estimate (held constant) and the imaging model's blur. Training
+        renders it alone where the learned channels are rendered with their own graph."""
+        return compose_drr(self.setup.drr(pose), self.bone.detach(), self.blur)
+
     def images(self, pose: torch.Tensor) -> torch.Tensor:
         """(N,C,H,W) DRR branch input at ``pose`` from the fixed features; differentiable in
         the pose only."""
-        drr = compose_drr(self.setup.drr(pose), self.bone.detach(), self.blur)
+        drr = self.drr_channel(pose)
         if self.table is None:
             return drr
         learned = self.projector(self.table, pose.to(self.table.dtype), self.setup.n_points)

@@ -99,6 +99,7 @@ class SimilarityModel(EmbeddingSimilarity):
         self.variant = variant
         self.crop_px = int(crop_px)
         self.pooled_size = pooled_size
+        self.embed_dim = int(embed_dim)
         self.image_terms = pooled_size is None or int(pooled_size) > 0
         self.patch_px = int(patch_px)
         self.patch_stride_px = int(patch_stride_px)
@@ -149,6 +150,11 @@ class SimilarityModel(EmbeddingSimilarity):
         if not self.image_terms:
             return learned
         return torch.cat([self.image_gain * self.terms(image), learned.double()], dim=-1)
+
+    def encoder_part(self, e: torch.Tensor) -> torch.Tensor:
+        """(N,D) embedding -> (N,embed_dim) its encoder features (gain included), the entries
+        that follow the image terms."""
+        return e[:, -self.embed_dim :]
 
     def terms(self, image: torch.Tensor) -> torch.Tensor:
         """(N,1,H,W) -> (N,T) image terms (unit norm; two images' dot product is their

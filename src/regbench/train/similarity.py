@@ -153,11 +153,11 @@ def drr_branch_images(
     residual: LatentResidual, start: torch.Tensor, fixed: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The DRR branch's input (N,C,H,W) at ``start``: the DRR channel of ``fixed`` (rendered
-    when not given, a constant) and the learned channels with their graph to the volume
+    alone when not given, a constant) and the learned channels with their graph to the volume
     network; it requires grad even without learned channels (identity volume)."""
     if fixed is None:
         with torch.no_grad():
-            fixed = residual.images(start)
+            fixed = residual.drr_channel(start)
     learned = residual.setup.feature_images(residual.features, start)
     images = torch.cat([fixed[:, :1].to(learned.dtype), learned], dim=1)
     if not images.requires_grad:
@@ -341,21 +341,21 @@ def step_losses(
         lm_loss, _ = unrolled_lm_loss(residual, start, pose_gt, cfg["unroll_steps"])
         terms["unrolled LM"] = (cfg["lm_loss_weight"], lm_loss)
     if variant.refiner == "lm" and cfg["truth_loss_weight"] > 0:
-        terms["truth"] = (cfg["truth_loss_weight"], truth_loss(residual, pose_gt, cfg["embed_dim"]))
+        terms["truth"] = (cfg["truth_loss_weight"], truth_loss(residual, pose_gt))
     estimate = residual.bone
     contrast = ((estimate.log() - bone.to(estimate).log()) ** 2).mean()
     terms["contrast"] = (cfg["contrast_loss_weight"], contrast)
     return terms
 
 
-def truth_loss(residual: LatentResidual, pose_gt: torch.Tensor, embed_dim: int) -> torch.Tensor:
+def truth_loss(residual: LatentResidual, pose_gt: torch.Tensor) -> torch.Tensor:
     """Mean relative mismatch ``|f_x - f_d|^2 / (|f_x|^2 + |f_d|^2)`` of the encoder features
     of each training X-ray and of the DRR branch at its true pose. Where they differ, their
     pose gradient pulls the residual's minimum off the truth; the ratio is blind to the
     feature gain, so the loss cannot be met by switching the features off."""
     model = residual.model
     e_d = model.embed_drr_images(drr_branch_images(residual, pose_gt))
-    f_x, f_d = residual.e_x[:, -embed_dim:], e_d[:, -embed_dim:]
+    f_x, f_d = model.encoder_part(residual.e_x), model.encoder_part(e_d)
     mismatch = ((f_x - f_d) ** 2).sum(-1)
     return (mismatch / ((f_x**2).sum(-1) + (f_d**2).sum(-1) + 1e-12)).mean()
 
