@@ -18,6 +18,7 @@ from regbench.rendering.diffdrr_adapter import make_drr
 from regbench.rendering.renderer import make_renderer
 from regbench.train.similarity import (
     build_similarity_model,
+    drr_branch_images,
     sample_starts,
     truth_loss,
     unrolled_lm_loss,
@@ -153,6 +154,31 @@ def test_truth_loss_is_blind_to_the_feature_gain_and_trains_both_encoders(
     assert abs(float(model.feature_gain.grad)) < 1e-6 * losses[1].item()
     for part in (model.encoder_drr, model.encoder_xray, model.volume_net):
         assert sum(float(p.grad.abs().sum()) for p in part.parameters() if p.grad is not None) > 0
+
+
+def test_training_renders_the_images_registration_sees(similarity_setup, similarity_settings):
+    """The DRR branch's training input (DRR channel rendered alone, learned channels with their
+    graph) is the image registration embeds at the same pose; the encoder part of an embedding
+    is the gained encoder output."""
+    cfg = similarity_settings["similarity"]
+    gt = pose_deg((1.0, -2.0, 0.5), (2.0, 850.0, 1.0))
+    torch.manual_seed(0)
+    model = build_similarity_model("ours-so4", cfg)
+    with torch.no_grad():
+        xray = similarity_setup.drr(gt).sum(1, keepdim=True)
+        residual = LatentResidual(
+            model, similarity_setup, xray, model.features(similarity_setup.density)
+        )
+        ours = drr_branch_images(residual, gt)
+        registration = residual.images(gt)
+    assert ours.shape == registration.shape and ours.shape[1] > 1
+    assert torch.equal(ours[:, :1], registration[:, :1].to(ours.dtype))
+    assert torch.allclose(ours[:, 1:], registration[:, 1:].to(ours.dtype), rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        encoded = model.encoder_drr(model.standardize_inside(ours).float())
+        e_d = model.embed_drr_images(ours)
+    gained = model.feature_gain * encoded / cfg["embed_dim"] ** 0.5
+    assert torch.allclose(model.encoder_part(e_d), gained.double())
 
 
 def test_the_paper_method_and_its_ablations_train_from_one_seed(similarity_settings):
