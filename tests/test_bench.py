@@ -111,3 +111,59 @@ def test_drift_splits_landmark_errors_into_depth_and_in_plane():
     points = np.random.default_rng(0).normal(size=(6, 3)) * 50
     mtre, depth, in_plane = landmark_errors(est, gt, points, axis)
     assert np.isclose(mtre, 5.0) and np.isclose(depth, 3.0) and np.isclose(in_plane, 4.0)
+
+
+def test_offset_start_turns_about_the_isocentre_and_shifts_by_the_offset():
+    """The start is the truth moved by exactly ``deg`` about the CT's centre and ``mm`` of
+    shift; a generator seeded alike gives the same directions at every offset (scaled)."""
+    from regbench.drift import offset_start
+    from regbench.geometry.poses import invert, se3_log
+
+    truth = torch.eye(4, dtype=torch.float64)
+    truth[:3, 3] = torch.tensor([0.0, 0.0, 850.0], dtype=torch.float64)
+    small = offset_start(truth, torch.Generator().manual_seed(3), 5.0, 10.0)
+    large = offset_start(truth, torch.Generator().manual_seed(3), 10.0, 20.0)
+    for start, deg, mm in ((small, 5.0, 10.0), (large, 10.0, 20.0)):
+        motion = start @ invert(truth)[0]  # the world motion exp(xi)
+        angle = torch.rad2deg(torch.arccos((motion[:3, :3].trace() - 1) / 2))
+        assert torch.isclose(angle, torch.tensor(deg, dtype=torch.float64), atol=1e-9)
+        # The shift is the tangent's translation: exp couples it with the rotation at second
+        # order (under 0.1% at 10 degrees).
+        shift = motion[:3, 3].norm().item()
+        assert abs(shift - mm) < 1e-3 * mm and shift != mm
+    xi_small = se3_log(small @ invert(truth)[0])
+    xi_large = se3_log(large @ invert(truth)[0])
+    assert torch.allclose(xi_large[..., :3], 2 * xi_small[..., :3], atol=1e-9)
+    assert torch.equal(offset_start(truth, torch.Generator(), 0.0, 0.0), truth)
+
+
+def test_capture_markdown_gives_smsr_and_median_per_offset():
+    rows = []
+    for name, k, deg, mm, start, smsr, median in (
+        ("a", 0, 5.0, 10.0, 12.0, 100.0, 0.1),
+        ("a", 1, 10.0, 20.0, 24.0, 50.0, 1.5),
+        ("b", 0, 5.0, 10.0, 12.0, 90.0, 0.2),
+        ("b", 1, 10.0, 20.0, 24.0, 40.0, 2.0),
+    ):
+        for metric, value in (
+            ("offset deg", deg), ("offset mm", mm), ("X-rays", 10),
+            ("start median mTRE", start), ("SMSR", smsr), ("median mTRE", median),
+            ("mean mTRE", median),
+        ):  # fmt: skip
+            rows.append(bench._row("capture", name, k, metric, value, "", torch.device("cpu")))
+    frame = pd.DataFrame(rows)
+    text = bench.capture_markdown(frame)
+    assert "(10 X-rays;" in text
+    assert "| method | 5 deg / 10 mm (start 12.0 mm) | 10 deg / 20 mm (start 24.0 mm) |" in text
+    assert "| a | 100 / 0.1 / 0.1 | 50 / 1.5 / 1.5 |" in text
+    assert "| b | 90 / 0.2 / 0.2 | 40 / 2 / 2 |" in text
+    assert text in summary_markdown(frame)
+
+
+@pytest.mark.parametrize(("bad", "why"), [("5", "is not DEG:MM"), ("a:b", "is not DEG:MM"),
+                                          ("1:-10", "magnitudes")])  # fmt: skip
+def test_capture_offsets_must_be_deg_colon_mm(bad, why, capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--sections", "capture", "--capture-offsets", bad])
+    err = capsys.readouterr().err
+    assert f"{bad!r} is not DEG:MM" in err if why != "magnitudes" else "magnitudes" in err

@@ -87,15 +87,20 @@ def test_run_csvs_follow_the_data_contract(finished_run):
         assert one["iteration"].tolist() == list(range(len(one)))
 
 
-def test_minimum_training_and_seeds_sections_on_the_finished_run(finished_run, tmp_path):
-    """`bench --sections minimum training seeds` on the finished run: one drift row per refining
-    method; the learned similarity retrained for 0 and 1 steps, registered from both starts;
-    and retrained with one other training seed, registered on every X-ray."""
+def test_minimum_capture_training_and_seeds_sections_on_the_finished_run(
+    finished_run, tmp_path, capsys
+):
+    """`bench --sections minimum capture training seeds` on the finished run: one drift row per
+    refining method; from the offset 0:0 the capture section reruns the minimum section's
+    registrations, from 5:10 it starts away from the truth; the learned similarity retrained
+    for 0 and 1 steps, registered from both starts; and retrained with one other training seed,
+    registered on every X-ray."""
     out = tmp_path / "bench"
     code = main(
         [
-            "bench", "--out", str(out), "--sections", "minimum", "training", "seeds",
+            "bench", "--out", str(out), "--sections", "minimum", "capture", "training", "seeds",
             "--minimum-xrays", "1", "--training-steps", "0", "1",
+            "--capture-methods", "ours-so4", "diffpose", "--capture-offsets", "0:0", "5:10",
             "--seed-variants", "ours-so4", "--training-seeds", "1",
             "--runs", str(finished_run / "results" / "embedded" / "chest"), "--threads", "1",
             "--config", str(finished_run / "config.yaml"),
@@ -108,6 +113,26 @@ def test_minimum_training_and_seeds_sections_on_the_finished_run(finished_run, t
         assert np.isfinite(drift) and drift >= 0, method
     assert ("posenet", "median drift mTRE") not in rows.index
     assert "ground truth" in (out / "bench.md").read_text()
+    capture = pd.read_csv(out / "capture.csv", dtype={"xray_id": str})
+    minimum = pd.read_csv(out / "minimum.csv", dtype={"xray_id": str}).set_index("method")
+    at_truth = capture[capture["offset_deg"] == 0].set_index("method")
+    assert (at_truth["mtre_init_mm"] == 0).all()
+    for method in ("ours-so4", "diffpose"):
+        assert at_truth.loc[method, "mtre_mm"] == minimum.loc[method, "mtre_mm"], method
+    away = capture[capture["offset_deg"] == 5]
+    assert len(away) == 2 and (away["mtre_init_mm"] > 5).all()
+    assert away["mtre_init_mm"].nunique() == 1  # the same start for every method
+    assert rows["ours-so4", "SMSR"].size == 2 and "Capture range" in (out / "bench.md").read_text()
+    assert (out / "capture.png").stat().st_size > 0
+    unknown = [
+        "bench", "--out", str(tmp_path / "unknown"), "--sections", "capture",
+        "--capture-methods", "ours-so4", "no-such-method",
+        "--runs", str(finished_run / "results" / "embedded" / "chest"), "--threads", "1",
+        "--config", str(finished_run / "config.yaml"),
+    ]  # fmt: skip
+    assert main(unknown) != 0
+    assert "no-such-method" in capsys.readouterr().err
+    assert not (tmp_path / "unknown" / "capture.csv").exists()
     curve = pd.read_csv(out / "training.csv")
     assert set(curve["steps"]) == {0, 1} and set(curve["start"]) == {"regressor", "ground truth"}
     assert np.isfinite(curve["mtre_mm"]).all()

@@ -1,6 +1,6 @@
 """``regbench bench``: how fast the pieces that dominate run time are, against diffdrr.
 
-Seven sections, one long csv (``section, name, size, metric, value, unit, device``) and a
+Eight sections, one long csv (``section, name, size, metric, value, unit, device``) and a
 Markdown summary with the ratios:
 
 * ``render``: images/s and ray-samples/s of diffdrr's trilinear and Siddon renderers, the
@@ -16,6 +16,9 @@ Markdown summary with the ratios:
 * ``minimum``: every refiner of a finished run started at the ground truth
   (:mod:`regbench.drift`): median drift in mTRE, depth and in-plane, so a misplaced minimum
   shows before a table is read.
+* ``capture``: refiners of a finished run started at the truth moved by growing offsets
+  (:func:`regbench.drift.refine_from_offsets`; the same directions for every method): SMSR
+  and median mTRE per offset, the capture range the paper claims for its spherical similarity.
 * ``training``: one learned similarity of a finished run retrained for several step counts
   (:mod:`regbench.training_curve`), registered from the regressor's start and from the truth;
   meant for a validation run.
@@ -47,7 +50,8 @@ from regbench import evaluate
 from regbench.data.embedded import prepare_embedded
 from regbench.data.prepare import geometry_from_config
 from regbench.data.subject import Prepared
-from regbench.geometry.poses import carm_params, carm_pose, perturb, perturb_world
+from regbench.drift import offset_start
+from regbench.geometry.poses import carm_params, carm_pose, perturb
 from regbench.geometry.priors import PosePrior
 from regbench.io import write_csv, write_text
 from regbench.methods.base import Context, Trace
@@ -59,7 +63,7 @@ from regbench.rendering.torch_projector import FeatureProjector
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("render", "jacobian", "convergence", "minimum", "training", "seeds", "dag")
+SECTIONS = ("render", "jacobian", "convergence", "minimum", "capture", "training", "seeds", "dag")
 COLUMNS = ["section", "name", "size", "metric", "value", "unit", "device"]
 REFERENCE = "diffdrr trilinear"
 
@@ -99,6 +103,8 @@ class BenchSettings:
     training_variant: str = "ours-so4"
     seed_variants: tuple[str, ...] = ("ours-so4", "abl-euclidean", "abl-hyperbolic")
     training_seeds: int = 3
+    capture_methods: tuple[str, ...] = ("ours-so4", "abl-euclidean", "abl-hyperbolic")
+    capture_offsets: tuple[tuple[float, float], ...] = ((2.5, 5.0), (5.0, 10.0), (10.0, 20.0))
 
     @classmethod
     def from_config(cls, cfg: dict, **options: Any) -> BenchSettings:
@@ -287,14 +293,6 @@ def jacobian_rows(
     return rows
 
 
-def _start(truth: torch.Tensor, generator: torch.Generator, deg: float, mm: float) -> torch.Tensor:
-    """``truth`` moved by a rotation of ``deg`` about a random axis through the isocentre and
-    ``mm`` along a random direction."""
-    axis, shift = torch.randn(2, 3, generator=generator, dtype=torch.float64)
-    xi = torch.cat([axis / axis.norm() * math.radians(deg), shift / shift.norm() * mm])
-    return perturb_world(truth, xi[None])[0]
-
-
 def convergence_rows(
     prepared: Prepared,
     n_points: int,
@@ -350,7 +348,7 @@ def convergence_rows(
         truth = truths[i]
         with torch.no_grad():
             target = trilinear.render(truth[None], n_points)
-        init = _start(truth, generator, 5.0, 10.0)
+        init = offset_start(truth, generator, 5.0, 10.0)
         for name, optimize in optimizers.items():
             trace = Trace()
             trace.record(0, init)
@@ -427,6 +425,71 @@ def training_rows(
             _row("training", name, n_steps, "SMSR", 100 * (errors < 1).mean(), "%", device),
         ]
     return rows
+
+
+def capture_rows(
+    runs: Path,
+    methods: tuple[str, ...],
+    offsets: tuple[tuple[float, float], ...],
+    n_xrays: int,
+    seed: int,
+    out_dir: Path,
+    device: torch.device,
+) -> list[dict]:
+    """Section ``capture``: per method and offset (``size`` is the offset's index), the offset,
+    the starts' median mTRE, SMSR and the median and mean final mTRE (``capture.csv`` per
+    X-ray, ``capture.png``). Failed registrations count as misses."""
+    from regbench.drift import refine_from_offsets
+    from regbench.figures import capture_figure
+
+    frame = pd.DataFrame(refine_from_offsets(runs, n_xrays, offsets, methods, seed))
+    write_csv(frame, out_dir / "capture.csv")
+    capture_figure(frame, out_dir / "capture")
+    rows = []
+    for name, block in frame.groupby("method", sort=False):
+        for k, (deg, mm) in enumerate(offsets):
+            one = block[(block["offset_deg"] == deg) & (block["offset_mm"] == mm)]
+            s = evaluate.summarize(
+                one["mtre_mm"].to_numpy(), np.zeros(len(one)), one["status"].to_numpy(), n_boot=0
+            )
+            rows += [
+                _row("capture", name, k, "offset deg", deg, "deg", device),
+                _row("capture", name, k, "offset mm", mm, "mm", device),
+                _row("capture", name, k, "X-rays", len(one), "", device),
+                _row("capture", name, k, "start median mTRE", one["mtre_init_mm"].median(), "mm",
+                     device),
+                _row("capture", name, k, "SMSR", 100 * s["smsr"], "%", device),
+                _row("capture", name, k, "median mTRE", s["median_mm"], "mm", device),
+                _row("capture", name, k, "mean mTRE", s["mean_mm"], "mm", device),
+            ]  # fmt: skip
+    return rows
+
+
+def capture_markdown(capture: pd.DataFrame) -> str:
+    """SMSR, median and mean mTRE (the mean over registrations that returned a pose, as in
+    Table 3) per method (rows) and start offset (columns)."""
+    table = capture.pivot_table(
+        index=["name", "size"], columns="metric", values="value", sort=False
+    )
+    offsets = table.groupby(level="size").first()
+    labels = [
+        f"{r['offset deg']:g} deg / {r['offset mm']:g} mm (start {r['start median mTRE']:.1f} mm)"
+        for _, r in offsets.iterrows()
+    ]
+    lines = [
+        f"## Capture range: SMSR (%) / median / mean mTRE (mm) from the truth moved by each offset "
+        f"({table['X-rays'].max():.0f} X-rays; start: its median mTRE)\n",
+        "| method | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
+    for name in table.index.get_level_values("name").unique():
+        cells = [
+            f"{table.loc[(name, k), 'SMSR']:.0f} / {table.loc[(name, k), 'median mTRE']:.3g} / "
+            f"{table.loc[(name, k), 'mean mTRE']:.3g}"
+            for k in offsets.index
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def seed_rows(
@@ -591,6 +654,9 @@ def summary_markdown(rows: pd.DataFrame) -> str:
                 f"{r['median drift in-plane']:.3f} |"
             )
         parts.append("\n".join(lines) + "\n")
+    capture = rows[rows["section"] == "capture"]
+    if len(capture):
+        parts.append(capture_markdown(capture))
     curve = rows[rows["section"] == "training"]
     if len(curve):
         lines = [
@@ -678,6 +744,10 @@ def run_bench(settings: BenchSettings, device: torch.device) -> pd.DataFrame:
             _row("minimum", name, b.minimum_xrays, metric, value, "mm", device)
             for name, metric, value in drift_summary(drift)
         ]
+    if "capture" in sections and b.runs is not None:
+        rows += capture_rows(
+            b.runs, b.capture_methods, b.capture_offsets, b.minimum_xrays, b.seed, out_dir, device
+        )
     if "training" in sections and b.runs is not None:
         rows += training_rows(
             b.runs, b.training_variant, b.training_steps, b.minimum_xrays, out_dir, device

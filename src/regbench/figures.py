@@ -406,3 +406,30 @@ def backbone_figure(study: pd.DataFrame, out_stem: str | Path) -> list[Path]:
     ax.set_title("Pose regressor backbones (hollow: step cap reached)", fontsize=9)
     ax.margins(0.15)
     return save_figure(fig, out_stem)
+
+
+# ---------------------------------------------------------------- capture range (bench)
+
+
+def capture_figure(frame: pd.DataFrame, out_stem: str | Path) -> list[Path]:
+    """SMSR against the starts' median mTRE, one line per method (``bench --sections
+    capture``'s ``capture.csv``: one row per method, offset and X-ray)."""
+    fig = Figure(figsize=(5.0, 3.6))
+    ax = fig.subplots()
+    methods = _ordered(frame["method"])
+    colours = _palette(methods)
+    for method in methods:
+        block = frame[frame["method"] == method]
+        per_offset = block.groupby(["offset_deg", "offset_mm"], sort=False).agg(
+            start=("mtre_init_mm", "median"),
+            smsr=("mtre_mm", lambda v: 100 * float((v < 1.0).mean())),
+        )
+        ax.plot(per_offset["start"], per_offset["smsr"], marker="o", color=colours[method],
+                label=method)  # fmt: skip
+    ax.set_xlabel("start: median mTRE (mm)")
+    ax.set_ylabel("SMSR (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title("Capture range: started at the truth moved by growing offsets")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return save_figure(fig, out_stem)

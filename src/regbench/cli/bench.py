@@ -8,8 +8,8 @@ from pathlib import Path
 from regbench.cli.common import Subparsers
 
 # regbench.bench.SECTIONS, repeated here so that building the parser imports no torch.
-SECTIONS = ("render", "jacobian", "convergence", "minimum", "training", "seeds", "dag")
-# By default the timings only: minimum, training and seeds rerun registrations (and training) on a
+SECTIONS = ("render", "jacobian", "convergence", "minimum", "capture", "training", "seeds", "dag")
+# By default the timings only: minimum, capture, training and seeds rerun registrations (and training) on a
 # finished run, so they are asked for by name.
 DEFAULT_SECTIONS = ("render", "jacobian", "convergence", "dag")
 
@@ -45,15 +45,28 @@ def cmd_bench(args: argparse.Namespace) -> None:
         training_variant=args.training_variant,
         seed_variants=tuple(args.seed_variants),
         training_seeds=args.training_seeds,
+        capture_methods=tuple(args.capture_methods),
+        capture_offsets=tuple(args.capture_offsets),
     )
     run_bench(settings, resolve_device(args.device))
+
+
+def _offset(text: str) -> tuple[float, float]:
+    """``"5:10"`` -> (5.0, 10.0): a start offset of 5 degrees and 10 mm."""
+    try:
+        deg, mm = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not DEG:MM (e.g. 5:10)") from None
+    if deg < 0 or mm < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: offsets are magnitudes (>= 0)")
+    return deg, mm
 
 
 def add_parsers(sub: Subparsers) -> None:
     p = sub.add_parser(
         "bench",
         help="time rendering, pose Jacobians, LM vs Adam and the DAG's rules (bench.csv, bench.md)",
-        description="Reads: --config, and for the dag/minimum/training/seeds sections a finished "
+        description="Reads: --config, and for the dag/minimum/capture/training/seeds sections a finished "
         "run (--benchmarks, --runs). Writes: --out/bench.csv, --out/bench.md and the sections' "
         "figures.",
     )
@@ -82,10 +95,29 @@ def add_parsers(sub: Subparsers) -> None:
     p.add_argument(
         "--runs",
         default="results/embedded/chest",
-        help="minimum section: a finished subject folder (prepared/, xrays/, models/, runs/)",
+        help="minimum, capture, training and seeds sections: a finished subject folder "
+        "(prepared/, xrays/, models/, runs/)",
     )
     p.add_argument(
-        "--minimum-xrays", type=int, default=10, help="X-rays of the minimum and training sections"
+        "--minimum-xrays",
+        type=int,
+        default=10,
+        help="X-rays of the minimum, capture and training sections",
+    )
+    p.add_argument(
+        "--capture-methods",
+        nargs="+",
+        default=["ours-so4", "abl-euclidean", "abl-hyperbolic"],
+        help="capture section: the refiners to start from growing offsets",
+    )
+    p.add_argument(
+        "--capture-offsets",
+        nargs="+",
+        type=_offset,
+        default=[(2.5, 5.0), (5.0, 10.0), (10.0, 20.0)],
+        metavar="DEG:MM",
+        help="capture section: start offsets from the truth, a rotation (deg) about the "
+        "isocentre and a shift (mm), each along a random direction per X-ray",
     )
     p.add_argument(
         "--training-steps",
