@@ -146,14 +146,14 @@ def test_capture_markdown_gives_smsr_and_median_per_offset():
         ("b", 1, 10.0, 20.0, 24.0, 40.0, 2.0),
     ):
         for metric, value in (
-            ("offset deg", deg), ("offset mm", mm), ("X-rays", 10),
+            ("offset deg", deg), ("offset mm", mm), ("X-rays", 10), ("LM iterations", 30),
             ("start median mTRE", start), ("SMSR", smsr), ("median mTRE", median),
             ("mean mTRE", median),
         ):  # fmt: skip
             rows.append(bench._row("capture", name, k, metric, value, "", torch.device("cpu")))
     frame = pd.DataFrame(rows)
     text = bench.capture_markdown(frame)
-    assert "(10 X-rays;" in text
+    assert "(10 X-rays, LM's first pass 30 iterations;" in text
     assert "| method | 5 deg / 10 mm (start 12.0 mm) | 10 deg / 20 mm (start 24.0 mm) |" in text
     assert "| a | 100 / 0.1 / 0.1 | 50 / 1.5 / 1.5 |" in text
     assert "| b | 90 / 0.2 / 0.2 | 40 / 2 / 2 |" in text

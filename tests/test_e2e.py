@@ -124,6 +124,20 @@ def test_minimum_capture_training_and_seeds_sections_on_the_finished_run(
     assert away["mtre_init_mm"].nunique() == 1  # the same start for every method
     assert rows["ours-so4", "SMSR"].size == 2 and "Capture range" in (out / "bench.md").read_text()
     assert (out / "capture.png").stat().st_size > 0
+    assert "the run's settings" in (out / "bench.md").read_text()
+    shorter = [
+        "bench", "--out", str(tmp_path / "shorter"), "--sections", "capture",
+        "--capture-methods", "ours-so4", "--capture-offsets", "5:10", "--minimum-xrays", "1",
+        "--capture-lm-iterations", "1",
+        "--runs", str(finished_run / "results" / "embedded" / "chest"), "--threads", "1",
+        "--config", str(finished_run / "config.yaml"),
+    ]  # fmt: skip
+    assert main(shorter) == 0
+    one_pass = pd.read_csv(tmp_path / "shorter" / "capture.csv")
+    own = away.set_index("method").loc["ours-so4"]
+    assert one_pass["mtre_init_mm"].item() == own["mtre_init_mm"]  # the same start,
+    assert one_pass["mtre_mm"].item() != own["mtre_mm"]  # a shorter first pass
+    assert "LM's first pass 1 iterations" in (tmp_path / "shorter" / "bench.md").read_text()
     unknown = [
         "bench", "--out", str(tmp_path / "unknown"), "--sections", "capture",
         "--capture-methods", "ours-so4", "no-such-method",

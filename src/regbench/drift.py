@@ -68,9 +68,12 @@ def offset_start(
     return perturb_world(truth, xi[None])[0]
 
 
-def _refiners(subject_dir: Path, methods: Sequence[str] | None) -> Iterator[tuple]:
+def _refiners(
+    subject_dir: Path, methods: Sequence[str] | None, lm_iterations: int | None = None
+) -> Iterator[tuple]:
     """(name, method, prepared, xrays, depth axis) per refining method of a finished run, in
-    the order asked (``None``: every refiner the run has, by name)."""
+    the order asked (``None``: every refiner the run has, by name); ``lm_iterations`` replaces
+    the run's ``lm.iterations`` (LM's first pass; refiners with their own optimiser ignore it)."""
     from regbench.methods import build_method
     from regbench.runner import registration_context
 
@@ -91,6 +94,8 @@ def _refiners(subject_dir: Path, methods: Sequence[str] | None) -> Iterator[tupl
     models = subject_dir / "models"
     for name in names:
         settings = json.loads(snapshots[name].read_text())["settings"]
+        if lm_iterations is not None:
+            settings["lm"] = {**settings["lm"], "iterations": lm_iterations}
         similarity, own = models / f"similarity-{name}.pt", models / f"{name}.pt"
         prepared, xrays, context = registration_context(
             subject_dir / "prepared",
@@ -110,12 +115,15 @@ def refine_from_offsets(
     offsets: Sequence[tuple[float, float]] = ((0.0, 0.0),),
     methods: Sequence[str] | None = None,
     seed: int = 0,
+    lm_iterations: int | None = None,
 ) -> list[dict]:
     """Per method of a finished subject run (``{results}/{dataset}/{subject}``), offset
     ``(deg, mm)`` and X-ray: the refiner started at the truth so moved, and where it ended.
-    A registration that returns no pose has ``status`` "failed" and NaN errors."""
+    A registration that returns no pose has ``status`` "failed" and NaN errors.
+    ``lm_iterations``: LM's first pass instead of the run's (a longer budget tells a start
+    out of reach from one the run's budget is too short for)."""
     rows = []
-    for name, method, prepared, xrays, axis in _refiners(subject_dir, methods):
+    for name, method, prepared, xrays, axis in _refiners(subject_dir, methods, lm_iterations):
         for deg, mm in offsets:
             for i in range(min(n_xrays, len(xrays))):
                 gt = xrays.poses[i].double()

@@ -47,6 +47,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         training_seeds=args.training_seeds,
         capture_methods=tuple(args.capture_methods),
         capture_offsets=tuple(args.capture_offsets),
+        capture_lm_iterations=args.capture_lm_iterations,
     )
     run_bench(settings, resolve_device(args.device))
 
@@ -114,10 +115,17 @@ def add_parsers(sub: Subparsers) -> None:
         "--capture-offsets",
         nargs="+",
         type=_offset,
-        default=[(2.5, 5.0), (5.0, 10.0), (10.0, 20.0)],
+        default=[(5.0, 10.0), (10.0, 20.0), (20.0, 40.0)],
         metavar="DEG:MM",
         help="capture section: start offsets from the truth, a rotation (deg) about the "
         "isocentre and a shift (mm), each along a random direction per X-ray",
+    )
+    p.add_argument(
+        "--capture-lm-iterations",
+        type=int,
+        default=None,
+        help="capture section: LM's first pass instead of the run's lm.iterations (a longer "
+        "budget tells a start out of reach from one the run's budget is too short for)",
     )
     p.add_argument(
         "--training-steps",
