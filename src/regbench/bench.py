@@ -447,26 +447,29 @@ def capture_rows(
 
     frame = pd.DataFrame(refine_from_offsets(runs, n_xrays, offsets, methods, seed, lm_iterations))
     write_csv(frame, out_dir / "capture.csv")
-    capture_figure(frame, out_dir / "capture")
-    rows = []
+    summary = []
     for name, block in frame.groupby("method", sort=False):
         for k, (deg, mm) in enumerate(offsets):
             one = block[(block["offset_deg"] == deg) & (block["offset_mm"] == mm)]
             s = evaluate.summarize(
                 one["mtre_mm"].to_numpy(), np.zeros(len(one)), one["status"].to_numpy(), n_boot=0
             )
-            rows += [
-                _row("capture", name, k, "offset deg", deg, "deg", device),
-                _row("capture", name, k, "offset mm", mm, "mm", device),
-                _row("capture", name, k, "X-rays", len(one), "", device),
-                _row("capture", name, k, "LM iterations", lm_iterations or 0, "", device),
-                _row("capture", name, k, "start median mTRE", one["mtre_init_mm"].median(), "mm",
-                     device),
-                _row("capture", name, k, "SMSR", 100 * s["smsr"], "%", device),
-                _row("capture", name, k, "median mTRE", s["median_mm"], "mm", device),
-                _row("capture", name, k, "mean mTRE", s["mean_mm"], "mm", device),
-            ]  # fmt: skip
-    return rows
+            summary.append({
+                "method": name, "offset": k, "offset deg": deg, "offset mm": mm,
+                "X-rays": len(one), "LM iterations": lm_iterations or 0,
+                "start median mTRE": one["mtre_init_mm"].median(), "SMSR": 100 * s["smsr"],
+                "median mTRE": s["median_mm"], "mean mTRE": s["mean_mm"],
+            })  # fmt: skip
+    capture_figure(pd.DataFrame(summary), out_dir / "capture")
+    units = {
+        "offset deg": "deg", "offset mm": "mm", "X-rays": "", "LM iterations": "",
+        "start median mTRE": "mm", "SMSR": "%", "median mTRE": "mm", "mean mTRE": "mm",
+    }  # fmt: skip
+    return [
+        _row("capture", r["method"], r["offset"], metric, r[metric], unit, device)
+        for r in summary
+        for metric, unit in units.items()
+    ]
 
 
 def capture_markdown(capture: pd.DataFrame) -> str:

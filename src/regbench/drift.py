@@ -77,10 +77,10 @@ def _refiners(
     from regbench.methods import build_method
     from regbench.runner import registration_context
 
-    snapshots = {
-        json.loads(p.read_text())["method"]: p
-        for p in sorted((subject_dir / "runs").glob("*.config.json"))
-    }
+    blobs = (
+        json.loads(p.read_text()) for p in sorted((subject_dir / "runs").glob("*.config.json"))
+    )
+    snapshots = {blob["method"]: blob["settings"] for blob in blobs}
     if not snapshots:
         raise FileNotFoundError(f"no finished registrations under {subject_dir / 'runs'}")
     refiners = [n for n in snapshots if n not in NO_REFINER]
@@ -93,7 +93,7 @@ def _refiners(
         )
     models = subject_dir / "models"
     for name in names:
-        settings = json.loads(snapshots[name].read_text())["settings"]
+        settings = snapshots[name]
         if lm_iterations is not None:
             settings["lm"] = {**settings["lm"], "iterations": lm_iterations}
         similarity, own = models / f"similarity-{name}.pt", models / f"{name}.pt"

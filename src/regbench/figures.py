@@ -411,20 +411,17 @@ def backbone_figure(study: pd.DataFrame, out_stem: str | Path) -> list[Path]:
 # ---------------------------------------------------------------- capture range (bench)
 
 
-def capture_figure(frame: pd.DataFrame, out_stem: str | Path) -> list[Path]:
+def capture_figure(summary: pd.DataFrame, out_stem: str | Path) -> list[Path]:
     """SMSR against the starts' median mTRE, one line per method (``bench --sections
-    capture``'s ``capture.csv``: one row per method, offset and X-ray)."""
+    capture``'s summary: one row per method and offset, columns ``method``,
+    ``start median mTRE`` and ``SMSR`` in %)."""
     fig = Figure(figsize=(5.0, 3.6))
     ax = fig.subplots()
-    methods = _ordered(frame["method"])
+    methods = _ordered(summary["method"])
     colours = _palette(methods)
     for method in methods:
-        block = frame[frame["method"] == method]
-        per_offset = block.groupby(["offset_deg", "offset_mm"], sort=False).agg(
-            start=("mtre_init_mm", "median"),
-            smsr=("mtre_mm", lambda v: 100 * float((v < 1.0).mean())),
-        )
-        ax.plot(per_offset["start"], per_offset["smsr"], marker="o", color=colours[method],
+        block = summary[summary["method"] == method]
+        ax.plot(block["start median mTRE"], block["SMSR"], marker="o", color=colours[method],
                 label=method)  # fmt: skip
     ax.set_xlabel("start: median mTRE (mm)")
     ax.set_ylabel("SMSR (%)")

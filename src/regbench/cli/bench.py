@@ -9,9 +9,11 @@ from regbench.cli.common import Subparsers
 
 # regbench.bench.SECTIONS, repeated here so that building the parser imports no torch.
 SECTIONS = ("render", "jacobian", "convergence", "minimum", "capture", "training", "seeds", "dag")
-# By default the timings only: minimum, capture, training and seeds rerun registrations (and training) on a
-# finished run, so they are asked for by name.
+# By default the timings only: minimum, capture, training and seeds rerun registrations (and
+# training) on a finished run, so they are asked for by name.
 DEFAULT_SECTIONS = ("render", "jacobian", "convergence", "dag")
+# The latent geometries the paper's Table 3 compares: the seeds and capture sections' methods.
+LATENT_VARIANTS = ["ours-so4", "abl-euclidean", "abl-hyperbolic"]
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -67,9 +69,9 @@ def add_parsers(sub: Subparsers) -> None:
     p = sub.add_parser(
         "bench",
         help="time rendering, pose Jacobians, LM vs Adam and the DAG's rules (bench.csv, bench.md)",
-        description="Reads: --config, and for the dag/minimum/capture/training/seeds sections a finished "
-        "run (--benchmarks, --runs). Writes: --out/bench.csv, --out/bench.md and the sections' "
-        "figures.",
+        description="Reads: --config, and for the dag/minimum/capture/training/seeds sections a "
+        "finished run (--benchmarks, --runs). Writes: --out/bench.csv, --out/bench.md and the "
+        "sections' figures.",
     )
     p.add_argument("--out", default="results/bench", help="output folder")
     p.add_argument(
@@ -108,7 +110,7 @@ def add_parsers(sub: Subparsers) -> None:
     p.add_argument(
         "--capture-methods",
         nargs="+",
-        default=["ours-so4", "abl-euclidean", "abl-hyperbolic"],
+        default=LATENT_VARIANTS,
         help="capture section: the refiners to start from growing offsets",
     )
     p.add_argument(
@@ -138,7 +140,7 @@ def add_parsers(sub: Subparsers) -> None:
     p.add_argument(
         "--seed-variants",
         nargs="+",
-        default=["ours-so4", "abl-euclidean", "abl-hyperbolic"],
+        default=LATENT_VARIANTS,
         help="seeds section: the learned similarities to retrain (differences to the first)",
     )
     p.add_argument(
