@@ -87,7 +87,7 @@ def test_seeds_summary_gives_the_spread_and_paired_differences():
     means = {"a": [0.2, 0.3, 0.4], "b": [0.1, 0.4, 0.3]}
     rows = pd.DataFrame(
         [
-            bench._row("seeds", name, k, "mean mTRE", v, "mm", torch.device("cpu"))
+            bench.row("seeds", name, k, "mean mTRE", v, "mm", torch.device("cpu"))
             for name, values in means.items()
             for k, v in enumerate(values)
         ]
@@ -150,7 +150,7 @@ def test_capture_markdown_gives_smsr_and_median_per_offset():
             ("start median mTRE", start), ("SMSR", smsr), ("median mTRE", median),
             ("mean mTRE", median),
         ):  # fmt: skip
-            rows.append(bench._row("capture", name, k, metric, value, "", torch.device("cpu")))
+            rows.append(bench.row("capture", name, k, metric, value, "", torch.device("cpu")))
     frame = pd.DataFrame(rows)
     text = bench.capture_markdown(frame)
     assert "(10 X-rays, LM's first pass 30 iterations;" in text
