@@ -13,6 +13,7 @@ from regbench.evaluate import (
     legacy_diffpose_mrpe,
     mrpe,
     mtre,
+    paired_mean_difference,
     percentile,
     pose_metrics,
     rotation_error_deg,
@@ -153,3 +154,19 @@ def test_rotation_about_the_isocentre_has_no_translation_error() -> None:
     np.testing.assert_allclose(translation_error_mm(est, GT), [0.0], atol=1e-9)
     np.testing.assert_allclose(rotation_error_deg(est, GT), [10.0], atol=1e-9)
     assert mtre(est, GT, LANDMARKS[1:])[0] > 1.0
+
+
+def test_paired_mean_difference_known_answers() -> None:
+    reference = np.array([0.1, 0.5, 2.0, 0.3])
+    shifted = paired_mean_difference(reference + 0.25, reference, n_boot=100, seed=0)
+    assert shifted["mean"] == pytest.approx(0.25) and shifted["n"] == 4
+    assert shifted["low"] == pytest.approx(0.25) and shifted["high"] == pytest.approx(0.25)
+    # A failure (inf) or missing value on either side drops that X-ray from the pairs.
+    values = np.array([0.2, np.inf, 1.0, np.nan])
+    d = paired_mean_difference(values, reference, n_boot=500, seed=3)
+    assert d["n"] == 2 and d["mean"] == pytest.approx((0.1 - 1.0) / 2)
+    assert -1.0 <= d["low"] <= d["mean"] <= d["high"] <= 0.1
+    assert d == paired_mean_difference(values, reference, n_boot=500, seed=3)  # deterministic
+    assert math.isnan(paired_mean_difference(values[:0], reference[:0])["mean"])
+    with pytest.raises(ValueError, match="shape"):
+        paired_mean_difference(values, reference[:2])

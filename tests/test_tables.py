@@ -126,6 +126,25 @@ def test_ablation_table(run_paths: list[Path]) -> None:
     assert row["Mean ± std (mm)"] == "0.15 ± 0.07"
 
 
+def test_ablation_table_pairs_each_row_with_ours_so4_on_the_same_xrays(
+    run_paths: list[Path],
+) -> None:
+    table = ablation_table(load_runs(run_paths), n_boot=200, seed=0).set_index(
+        ["Dataset", "Method"]
+    )
+    mean, low, high = (f"Mean minus ours-so4 {part}(mm)" for part in ("", "CI low ", "CI high "))
+    # posenet - ours-so4 on embedded: s0/x000 5.0 - 0.1, s0/x001 0.5 - 0.2; s0/x002 failed for
+    # ours-so4 and s1 has no ours-so4 run, so neither pairs.
+    posenet = table.loc[("embedded", "posenet")]
+    assert posenet[mean] == pytest.approx((4.9 + 0.3) / 2)
+    assert 0.3 <= posenet[low] <= posenet[mean] <= posenet[high] <= 4.9
+    assert math.isnan(table.loc[("embedded", "ours-so4"), mean])  # the reference itself
+    assert math.isnan(table.loc[("deepfluoro", "posenet"), mean])  # no ours-so4 there
+    shown = format_table(table.reset_index())
+    assert list(shown.columns[-3:]) == [mean, "Mean minus ours-so4 95% CI (mm)", "Note"]
+    assert shown.loc[shown["Method"] == "posenet", mean].iloc[0] == "2.600"
+
+
 def test_missing_column_names_the_file(tmp_path: Path) -> None:
     bad = _runs_frame("posenet", [1.0]).drop(columns="mtre_mm")
     path = _write(tmp_path, "embedded", "s0", bad)

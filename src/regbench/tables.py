@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from regbench.errors import InputError
-from regbench.evaluate import percentile, summarize
+from regbench.evaluate import failure_adjusted, paired_mean_difference, percentile, summarize
 from regbench.io import write_csv, write_text
 
 
@@ -72,6 +72,8 @@ TABLE1_COLUMNS = (
     "Note",
 )
 ABLATION_COLUMNS = ("Dataset", "Method", "SMSR (%)", "Mean (mm)", "Std (mm)", "N", "Failed", "Note")
+# Table 3's paired comparison is against the paper's method when the table lists it.
+ABLATION_REFERENCE = "ours-so4"
 _TEXT_COLUMNS = ("Dataset", "Method", "Note", "Subject", "Backbone", "Loss settled")
 _SUMMARY_COUNTS = ("N", "Failed")  # integer columns of the summary tables
 _COUNT_COLUMNS = (*_SUMMARY_COUNTS, "Epochs", "Steps")
@@ -233,11 +235,51 @@ def ablation_table(
     runs: pd.DataFrame,
     dataset_labels: Mapping[str, str] | None = None,
     expected_methods: Sequence[str] | None = None,
+    reference: str = ABLATION_REFERENCE,
     **summary_kwargs,
 ) -> pd.DataFrame:
-    """Paper Table 3: SMSR and mTRE mean ± std per (dataset, method)."""
+    """Paper Table 3: SMSR and mTRE mean ± std per (dataset, method), and each row's mean
+    minus ``reference``'s on the same X-rays with its bootstrap 95% interval
+    (:func:`regbench.evaluate.paired_mean_difference`), so a difference between two rows can
+    be told from the spread between X-rays. Missing (–) where the dataset has no runs of
+    ``reference``, and on its own row."""
     full = _summary_frame(runs, dataset_labels, expected_methods, **summary_kwargs)
-    return full[list(ABLATION_COLUMNS)].copy()
+    columns = paired_difference_columns(reference)
+    table = full[list(ABLATION_COLUMNS)].reindex(columns=[*ABLATION_COLUMNS[:-1], *columns, "Note"])
+    runs = runs if "dataset" in runs.columns else runs.assign(dataset="")
+    labels = dict(dataset_labels or {})
+    n_boot, seed = summary_kwargs.get("n_boot", 1000), summary_kwargs.get("seed", 0)
+    for dataset, in_dataset in runs.groupby(runs["dataset"].astype(str), sort=False):
+        per_xray = _mtre_per_xray(in_dataset)
+        if reference not in per_xray.columns:
+            continue
+        for method in per_xray.columns.drop(reference):
+            d = paired_mean_difference(
+                per_xray[method].to_numpy(), per_xray[reference].to_numpy(), n_boot, seed
+            )
+            at = (table["Dataset"] == labels.get(dataset, dataset)) & (table["Method"] == method)
+            table.loc[at, columns] = [d["mean"], d["low"], d["high"]]
+    return table
+
+
+def paired_difference_columns(reference: str) -> list[str]:
+    """Table 3's columns of the paired difference to ``reference``: mean, CI low, CI high."""
+    name = f"Mean minus {reference}"
+    return [f"{name} (mm)", f"{name} CI low (mm)", f"{name} CI high (mm)"]
+
+
+def _mtre_per_xray(runs: pd.DataFrame) -> pd.DataFrame:
+    """One column per method, one row per (subject, X-ray), failures as +inf."""
+    values = failure_adjusted(
+        pd.to_numeric(runs["mtre_mm"], errors="coerce").to_numpy(dtype=np.float64),
+        runs["status"].astype(str).to_numpy(),
+    )
+    subject = runs["subject"] if "subject" in runs.columns else ""
+    frame = runs.assign(value=values, subject=subject)
+    frame = frame[frame["status"].astype(str) != NOT_IMPLEMENTED_STATUS]
+    return frame.pivot_table(
+        index=["subject", "xray_id"], columns="method", values="value", aggfunc="first"
+    )
 
 
 # ---------------------------------------------------------------- display
@@ -256,8 +298,10 @@ def _fmt(value: object, digits: int) -> str:
 
 
 def _digits(column: str) -> int:
-    """Percentages with one decimal, mm and seconds with two."""
-    return 1 if "(%)" in column else 2
+    """Percentages with one decimal, mm and seconds with two, paired differences with three."""
+    if "(%)" in column:
+        return 1
+    return 3 if column.startswith("Mean minus ") else 2
 
 
 def _pair(df: pd.DataFrame, out: pd.DataFrame, a: str, b: str, name: str, ci: bool) -> pd.DataFrame:
@@ -290,6 +334,9 @@ def format_table(df: pd.DataFrame) -> pd.DataFrame:
     out = _pair(df, out, "Mean (mm)", "Std (mm)", "Mean ± std (mm)", ci=False)
     out = _pair(df, out, "SMSR CI low (%)", "SMSR CI high (%)", "SMSR 95% CI (%)", ci=True)
     out = _pair(df, out, "Median CI low (mm)", "Median CI high (mm)", "Median 95% CI (mm)", ci=True)
+    for low in [c for c in df.columns if c.startswith("Mean minus ") and c.endswith("CI low (mm)")]:
+        name = low.removesuffix(" CI low (mm)")
+        out = _pair(df, out, low, f"{name} CI high (mm)", f"{name} 95% CI (mm)", ci=True)
     if "Note" in out.columns and not out["Note"].astype(bool).any():
         out = out.drop(columns="Note")
     return out.reset_index(drop=True)
