@@ -163,14 +163,11 @@ def bootstrap_ci(
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0 or n_boot < 1:
         return {k: float("nan") for k in ("smsr_low", "smsr_high", "median_low", "median_high")}
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, values.size, size=(n_boot, values.size))
-    samples = values[idx]
+    samples = _resamples(values, n_boot, seed)
     rates = (samples < threshold_mm).mean(axis=1)
     medians = percentile(samples, 50.0, axis=1)
-    qs = [(100.0 - level) / 2, 100.0 - (100.0 - level) / 2]
-    rate_lo, rate_hi = percentile(rates, qs)
-    med_lo, med_hi = percentile(medians, qs)
+    rate_lo, rate_hi = _interval(rates, level)
+    med_lo, med_hi = _interval(medians, level)
     return {
         "smsr_low": float(rate_lo),
         "smsr_high": float(rate_hi),
@@ -202,10 +199,19 @@ def paired_mean_difference(
         return {"mean": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0}
     low = high = float("nan")
     if n_boot >= 1:
-        rng = np.random.default_rng(seed)
-        means = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
-        low, high = (float(q) for q in percentile(means, [(100 - level) / 2, (100 + level) / 2]))
+        low, high = (float(q) for q in _interval(_resamples(diff, n_boot, seed).mean(1), level))
     return {"mean": float(diff.mean()), "low": low, "high": high, "n": int(diff.size)}
+
+
+def _resamples(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, len(values)) bootstrap resamples of ``values``, drawn from ``Generator(seed)``."""
+    rng = np.random.default_rng(seed)
+    return values[rng.integers(0, values.size, size=(n_boot, values.size))]
+
+
+def _interval(statistics: np.ndarray, level: float) -> np.ndarray:
+    """The central ``level`` % percentile interval (low, high) of bootstrap ``statistics``."""
+    return percentile(statistics, [(100.0 - level) / 2, 100.0 - (100.0 - level) / 2])
 
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:

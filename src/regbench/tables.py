@@ -74,6 +74,7 @@ TABLE1_COLUMNS = (
 ABLATION_COLUMNS = ("Dataset", "Method", "SMSR (%)", "Mean (mm)", "Std (mm)", "N", "Failed", "Note")
 # Table 3's paired comparison is against the paper's method when the table lists it.
 ABLATION_REFERENCE = "ours-so4"
+PAIRED_PREFIX = "Mean minus "  # + the reference: Table 3's paired-difference columns
 _TEXT_COLUMNS = ("Dataset", "Method", "Note", "Subject", "Backbone", "Loss settled")
 _SUMMARY_COUNTS = ("N", "Failed")  # integer columns of the summary tables
 _COUNT_COLUMNS = (*_SUMMARY_COUNTS, "Epochs", "Steps")
@@ -264,7 +265,7 @@ def ablation_table(
 
 def paired_difference_columns(reference: str) -> list[str]:
     """Table 3's columns of the paired difference to ``reference``: mean, CI low, CI high."""
-    name = f"Mean minus {reference}"
+    name = f"{PAIRED_PREFIX}{reference}"
     return [f"{name} (mm)", f"{name} CI low (mm)", f"{name} CI high (mm)"]
 
 
@@ -301,7 +302,7 @@ def _digits(column: str) -> int:
     """Percentages with one decimal, mm and seconds with two, paired differences with three."""
     if "(%)" in column:
         return 1
-    return 3 if column.startswith("Mean minus ") else 2
+    return 3 if column.startswith(PAIRED_PREFIX) else 2
 
 
 def _pair(df: pd.DataFrame, out: pd.DataFrame, a: str, b: str, name: str, ci: bool) -> pd.DataFrame:
@@ -334,7 +335,7 @@ def format_table(df: pd.DataFrame) -> pd.DataFrame:
     out = _pair(df, out, "Mean (mm)", "Std (mm)", "Mean ± std (mm)", ci=False)
     out = _pair(df, out, "SMSR CI low (%)", "SMSR CI high (%)", "SMSR 95% CI (%)", ci=True)
     out = _pair(df, out, "Median CI low (mm)", "Median CI high (mm)", "Median 95% CI (mm)", ci=True)
-    for low in [c for c in df.columns if c.startswith("Mean minus ") and c.endswith("CI low (mm)")]:
+    for low in [c for c in df.columns if c.startswith(PAIRED_PREFIX) and c.endswith("CI low (mm)")]:
         name = low.removesuffix(" CI low (mm)")
         out = _pair(df, out, low, f"{name} CI high (mm)", f"{name} 95% CI (mm)", ci=True)
     if "Note" in out.columns and not out["Note"].astype(bool).any():
