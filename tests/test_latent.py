@@ -133,3 +133,27 @@ def test_gradients_match_finite_differences(latent):
     b = points(3, 4, 20).requires_grad_(True)
     assert torch.autograd.gradcheck(latent.distance, (a, b))
     assert torch.autograd.gradcheck(latent.residual, (a, b))
+
+
+@pytest.mark.parametrize("rho", [0.3, 1.0, 2.5])
+def test_on_one_norm_every_geometry_is_a_function_of_the_angle(rho):
+    """Embeddings of one norm ``rho`` (unit-norm image terms times a gain, no encoder part):
+    each distance is a known increasing function of the angle between them, so the three
+    geometries order poses alike and share their minimiser."""
+    g = torch.Generator().manual_seed(21)
+    u = torch.randn(64, 8, generator=g, dtype=F64)
+    v = torch.randn(64, 8, generator=g, dtype=F64)
+    e_x, e_d = rho * u / u.norm(dim=-1, keepdim=True), rho * v / v.norm(dim=-1, keepdim=True)
+    cos = (e_x * e_d).sum(-1) / rho**2
+    angle = torch.arccos(cos.clamp(-1, 1))
+    r = math.tanh(rho)  # |exp_0(e)| on the Poincare ball of curvature -1
+    expected = {
+        "spherical": angle,
+        "euclidean": 2 * rho**2 * (1 - cos),
+        "hyperbolic": torch.arccosh(1 + 4 * r**2 * (1 - cos) / (1 - r**2) ** 2),
+    }
+    order = torch.argsort(angle)
+    for name, values in expected.items():
+        distance = make_latent(name).distance(e_x, e_d)
+        assert torch.allclose(distance, values, rtol=1e-9, atol=1e-10), name
+        assert (distance[order].diff() > 0).all(), name

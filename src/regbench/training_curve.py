@@ -39,7 +39,7 @@ def training_curve(subject_dir: Path, variant: str, steps: list[int], n_xrays: i
         variant_config,
     )
 
-    settings, seed_key = _finished_run(subject_dir, variant)
+    settings, seed_key = finished_run_settings(subject_dir, variant)
     seed = derive_seed(*seed_key)
     regressor = load_regressor(subject_dir / "models" / "regressor.pt", settings, "cpu")
     prepared = load_prepared(subject_dir / "prepared")
@@ -129,7 +129,7 @@ def training_spread(subject_dir: Path, variants: list[str], repeats: int) -> lis
     prepared = load_prepared(subject_dir / "prepared")
     rows = []
     for variant in variants:
-        settings, seed_key = _finished_run(subject_dir, variant)
+        settings, seed_key = finished_run_settings(subject_dir, variant)
         finished = subject_dir / "runs" / f"{variant}.csv"
         if not finished.is_file():
             raise FileNotFoundError(f"no finished {variant} registration: {finished} is missing")
@@ -165,7 +165,7 @@ def training_spread(subject_dir: Path, variants: list[str], repeats: int) -> lis
     return rows
 
 
-def _finished_run(subject_dir: Path, variant: str) -> tuple[dict, tuple]:
+def finished_run_settings(subject_dir: Path, variant: str) -> tuple[dict, tuple]:
     """The settings a finished run registered ``variant`` with, and the key of the seed its
     similarity was trained from (``train-similarity``'s: master seed, dataset, subject,
     "similarity", the variant's seed tag); retrainings extend the key."""

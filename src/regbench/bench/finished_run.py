@@ -112,3 +112,42 @@ def seed_rows(
         row("seeds", variant, k, "mean mTRE", value, "mm", device)
         for (variant, k), value in means.items()
     ]
+
+
+def latent_rows(
+    runs: Path,
+    variant: str,
+    geometries: tuple[str, ...],
+    n_xrays: int,
+    out_dir: Path,
+    device: torch.device,
+    lm_iterations: int | None = None,
+) -> list[dict]:
+    """Section ``latents``: ``variant``'s trained model under each latent geometry, encoder
+    features on and off (``latents.csv`` per X-ray): mean and median mTRE, the paired difference
+    to the model's own geometry with the same features (mean, and median of its size) and the
+    encoder part's share of the X-ray embedding."""
+    from regbench.latent_swap import swap_latents
+    from regbench.models.variants import VARIANTS
+
+    frame = pd.DataFrame(swap_latents(runs, variant, geometries, n_xrays, lm_iterations))
+    write_csv(frame, out_dir / "latents.csv")
+    own = VARIANTS[variant].latent
+    rows = []
+    for (geometry, features), block in frame.groupby(["geometry", "features"], sort=False):
+        reference = frame[(frame["geometry"] == own) & (frame["features"] == features)]
+        diff = block["mtre_mm"].to_numpy() - reference["mtre_mm"].to_numpy()
+        name = f"{variant} model, {geometry}, features {features}"
+        values = {
+            "mean mTRE": (block["mtre_mm"].mean(), "mm"),
+            "median mTRE": (block["mtre_mm"].median(), "mm"),
+            "mean minus own geometry": (float(np.nanmean(diff)), "mm"),
+            "median |difference| to own geometry": (float(np.nanmedian(np.abs(diff))), "mm"),
+            "encoder share": (block["encoder_share"].mean(), ""),
+            "LM iterations": (lm_iterations or 0, ""),
+        }
+        rows += [
+            row("latents", name, len(block), metric, value, unit, device)
+            for metric, (value, unit) in values.items()
+        ]
+    return rows

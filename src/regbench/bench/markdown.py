@@ -201,6 +201,29 @@ def seeds_markdown(seeds: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def latents_markdown(latents: pd.DataFrame) -> str:
+    """Per geometry and encoder features on / off: mean and median mTRE, the paired difference
+    to the model's own geometry and the encoder part's share of the embedding."""
+    table = latents.pivot_table(index="name", columns="metric", values="value", sort=False)
+    iterations = int(table["LM iterations"].max())
+    budget = f"both LM passes {iterations} iterations" if iterations else "the run's settings"
+    lines = [
+        "## One trained model under each latent geometry, encoder features on and off "
+        f"({latents['size'].max()} X-rays, {budget}; mTRE in mm; differences paired per X-ray "
+        "with the model's own geometry, same features)\n",
+        "| model, geometry, features | mean | median | mean minus own | median abs. difference "
+        "| encoder share |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in table.iterrows():
+        lines.append(
+            f"| {name} | {r['mean mTRE']:.4f} | {r['median mTRE']:.4f} | "
+            f"{r['mean minus own geometry']:+.4f} | {r['median |difference| to own geometry']:.4f} "
+            f"| {r['encoder share']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 SECTION_MARKDOWN: dict[str, Callable[[pd.DataFrame], list[str]]] = {
     "render": render_markdown,
     "jacobian": jacobian_markdown,
@@ -209,5 +232,6 @@ SECTION_MARKDOWN: dict[str, Callable[[pd.DataFrame], list[str]]] = {
     "capture": lambda block: [capture_markdown(block)],
     "training": training_markdown,
     "seeds": lambda block: [seeds_markdown(block)],
+    "latents": lambda block: [latents_markdown(block)],
     "dag": dag_markdown,
 }

@@ -8,7 +8,13 @@ import torch
 from regbench.bench.common import bench_subject
 from regbench.bench.convergence import convergence_rows
 from regbench.bench.dag import dag_rows
-from regbench.bench.finished_run import capture_rows, minimum_rows, seed_rows, training_rows
+from regbench.bench.finished_run import (
+    capture_rows,
+    latent_rows,
+    minimum_rows,
+    seed_rows,
+    training_rows,
+)
 from regbench.bench.markdown import summary_markdown
 from regbench.bench.renderers import jacobian_rows, render_rows
 from regbench.bench.settings import COLUMNS, SECTIONS, BenchSettings
@@ -74,6 +80,16 @@ def run_bench(settings: BenchSettings, device: torch.device) -> pd.DataFrame:
         )
     if "seeds" in sections and b.runs is not None:
         rows += seed_rows(b.runs, b.seed_variants, b.training_seeds, out_dir, device)
+    if "latents" in sections and b.runs is not None:
+        rows += latent_rows(
+            b.runs,
+            b.latent_model,
+            b.latent_geometries,
+            b.minimum_xrays,
+            out_dir,
+            device,
+            b.latent_lm_iterations,
+        )
     if "dag" in sections and b.benchmarks is not None:
         rows += dag_rows(b.benchmarks, device)
     frame = pd.DataFrame(rows, columns=COLUMNS)

@@ -6,7 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("render", "jacobian", "convergence", "minimum", "capture", "training", "seeds", "dag")
+SECTIONS = (
+    "render", "jacobian", "convergence", "minimum", "capture", "training", "seeds", "latents",
+    "dag",
+)  # fmt: skip
 COLUMNS = ["section", "name", "size", "metric", "value", "unit", "device"]
 REFERENCE = "diffdrr trilinear"  # the renderer every rendering time is compared with
 
@@ -49,6 +52,9 @@ class BenchSettings:
     capture_methods: tuple[str, ...] = ("ours-so4", "abl-euclidean", "abl-hyperbolic")
     capture_offsets: tuple[tuple[float, float], ...] = ((5.0, 10.0), (10.0, 20.0), (20.0, 40.0))
     capture_lm_iterations: int | None = None
+    latent_model: str = "ours-so4"
+    latent_geometries: tuple[str, ...] = ("spherical", "euclidean", "hyperbolic")
+    latent_lm_iterations: int | None = None
 
     @classmethod
     def from_config(cls, cfg: dict, **options: Any) -> BenchSettings:

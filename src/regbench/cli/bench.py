@@ -8,9 +8,12 @@ from pathlib import Path
 from regbench.cli.common import Subparsers
 
 # regbench.bench.SECTIONS, repeated here so that building the parser imports no torch.
-SECTIONS = ("render", "jacobian", "convergence", "minimum", "capture", "training", "seeds", "dag")
-# By default the timings only: minimum, capture, training and seeds rerun registrations (and
-# training) on a finished run, so they are asked for by name.
+SECTIONS = (
+    "render", "jacobian", "convergence", "minimum", "capture", "training", "seeds", "latents",
+    "dag",
+)  # fmt: skip
+# By default the timings only: minimum, capture, training, seeds and latents rerun
+# registrations (and training) on a finished run, so they are asked for by name.
 DEFAULT_SECTIONS = ("render", "jacobian", "convergence", "dag")
 # The latent geometries the paper's Table 3 compares: the seeds and capture sections' methods.
 LATENT_VARIANTS = ["ours-so4", "abl-euclidean", "abl-hyperbolic"]
@@ -50,6 +53,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
         capture_methods=tuple(args.capture_methods),
         capture_offsets=tuple(args.capture_offsets),
         capture_lm_iterations=args.capture_lm_iterations,
+        latent_model=args.latent_model,
+        latent_geometries=tuple(args.latent_geometries),
+        latent_lm_iterations=args.latent_lm_iterations,
     )
     run_bench(settings, resolve_device(args.device))
 
@@ -69,8 +75,8 @@ def add_parsers(sub: Subparsers) -> None:
     p = sub.add_parser(
         "bench",
         help="time rendering, pose Jacobians, LM vs Adam and the DAG's rules (bench.csv, bench.md)",
-        description="Reads: --config, and for the dag/minimum/capture/training/seeds sections a "
-        "finished run (--benchmarks, --runs). Writes: --out/bench.csv, --out/bench.md and the "
+        description="Reads: --config, and for the dag/minimum/capture/training/seeds/latents "
+        "sections a finished run (--benchmarks, --runs). Writes: --out/bench.csv, --out/bench.md and the "
         "sections' figures.",
     )
     p.add_argument("--out", default="results/bench", help="output folder")
@@ -98,14 +104,14 @@ def add_parsers(sub: Subparsers) -> None:
     p.add_argument(
         "--runs",
         default="results/embedded/chest",
-        help="minimum, capture, training and seeds sections: a finished subject folder "
+        help="minimum, capture, training, seeds and latents sections: a finished subject folder "
         "(prepared/, xrays/, models/, runs/)",
     )
     p.add_argument(
         "--minimum-xrays",
         type=int,
         default=10,
-        help="X-rays of the minimum, capture and training sections",
+        help="X-rays of the minimum, capture, training and latents sections",
     )
     p.add_argument(
         "--capture-methods",
@@ -145,6 +151,24 @@ def add_parsers(sub: Subparsers) -> None:
     )
     p.add_argument(
         "--training-seeds", type=int, default=3, help="seeds section: retrainings per method"
+    )
+    p.add_argument(
+        "--latent-model",
+        default="ours-so4",
+        help="latents section: the learned similarity whose trained model is registered under "
+        "each latent geometry, its encoder features on and off",
+    )
+    p.add_argument(
+        "--latent-geometries",
+        nargs="+",
+        default=["spherical", "euclidean", "hyperbolic"],
+        help="latents section: the geometries to put in the model",
+    )
+    p.add_argument(
+        "--latent-lm-iterations",
+        type=int,
+        default=None,
+        help="latents section: both LM passes' iterations instead of the run's",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=2, help="torch and kernel threads")
