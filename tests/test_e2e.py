@@ -165,19 +165,20 @@ def test_minimum_capture_training_and_seeds_sections_on_the_finished_run(
 
 
 def test_latents_section_registers_one_model_under_each_geometry(finished_run, tmp_path, capsys):
-    """`bench --sections latents`: ours-so4's model under its own geometry with its features on
-    repeats the run's registration; with the features off the encoder has no share in the
+    """`bench --sections latents`: ours-so4's model under its own geometry (always added) with its
+    features on repeats the run's registration; with the features off the encoder has no share in the
     embedding; an unknown geometry is named and leaves no csv."""
     subject = finished_run / "results" / "embedded" / "chest"
     common = ["--runs", str(subject), "--threads", "1", "--config", str(finished_run / "config.yaml"),
               "--minimum-xrays", "1", "--sections", "latents"]  # fmt: skip
     out = tmp_path / "latents"
-    args = ["bench", "--out", str(out), "--latent-geometries", "spherical", "euclidean"]
+    args = ["bench", "--out", str(out), "--latent-geometries", "euclidean"]  # + its own
     assert main([*args, *common]) == 0
     frame = pd.read_csv(out / "latents.csv", dtype={"xray_id": str}).set_index(
         ["geometry", "features"]
     )
     assert len(frame) == 4 and (frame["model"] == "ours-so4").all()
+    assert set(frame.index.get_level_values("geometry")) == {"spherical", "euclidean"}
     run = pd.read_csv(subject / "runs" / "ours-so4.csv", dtype={"xray_id": str}).iloc[0]
     own = frame.loc[("spherical", "on")]
     assert own["xray_id"] == run["xray_id"] and own["mtre_mm"] == run["mtre_mm"]

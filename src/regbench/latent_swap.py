@@ -33,7 +33,8 @@ def swap_latents(
     """Rows (model, geometry, features, xray_id, status, mtre_mm, encoder_share) per geometry,
     encoder features "on" / "off" and X-ray: ``variant``'s trained similarity of a finished
     subject run registered from the regressor's start, as the run did, with its latent replaced
-    by ``geometry``. ``encoder_share``: the encoder part's share of the X-ray embedding's norm.
+    by ``geometry`` (the model's own geometry is always among them, first).
+    ``encoder_share``: the encoder part's share of the X-ray embedding's norm.
     ``lm_iterations``: both LM passes' iterations instead of the run's."""
     from regbench.methods import build_method
     from regbench.models.latent import LATENTS, make_latent
@@ -47,6 +48,8 @@ def swap_latents(
     unknown = [g for g in geometries if g not in LATENTS]
     if unknown:
         raise InputError(f"unknown latent geometries {unknown} (known: {sorted(LATENTS)})")
+    own = VARIANTS[variant].latent  # always registered first: the reference of differences
+    geometries = [own, *(g for g in geometries if g != own)]
     settings, _ = finished_run_settings(subject_dir, variant)
     if lm_iterations is not None:
         lm = {**settings["lm"], "iterations": lm_iterations, "refit_iterations": lm_iterations}

@@ -162,7 +162,8 @@ def add_parsers(sub: Subparsers) -> None:
         "--latent-geometries",
         nargs="+",
         default=["spherical", "euclidean", "hyperbolic"],
-        help="latents section: the geometries to put in the model",
+        help="latents section: the geometries to put in the model (its own is always added, "
+        "as the reference of the differences)",
     )
     p.add_argument(
         "--latent-lm-iterations",
