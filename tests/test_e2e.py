@@ -165,12 +165,15 @@ def test_minimum_capture_training_and_seeds_sections_on_the_finished_run(
 
 
 def test_latents_section_registers_one_model_under_each_geometry(finished_run, tmp_path, capsys):
-    """`bench --sections latents`: ours-so4's model under its own geometry (always added) with its
-    features on repeats the run's registration; with the features off the encoder has no share in the
-    embedding; an unknown geometry is named and leaves no csv."""
+    """`bench --sections latents`: ours-so4's model under its own geometry (always added) with
+    its features on repeats the run's registration; with the features off the encoder has no
+    share in the embedding; with an offset every geometry starts from the same moved truth; an
+    unknown geometry is named and leaves no csv."""
     subject = finished_run / "results" / "embedded" / "chest"
-    common = ["--runs", str(subject), "--threads", "1", "--config", str(finished_run / "config.yaml"),
-              "--minimum-xrays", "1", "--sections", "latents"]  # fmt: skip
+    common = [
+        "--runs", str(subject), "--threads", "1", "--config", str(finished_run / "config.yaml"),
+        "--minimum-xrays", "1", "--sections", "latents",
+    ]  # fmt: skip
     out = tmp_path / "latents"
     args = ["bench", "--out", str(out), "--latent-geometries", "euclidean"]  # + its own
     assert main([*args, *common]) == 0
@@ -188,6 +191,11 @@ def test_latents_section_registers_one_model_under_each_geometry(finished_run, t
     rows = pd.read_csv(out / "bench.csv").set_index(["name", "metric"])["value"]
     assert rows["ours-so4 model, spherical, features off", "mean minus own geometry"] == 0
     assert "each latent geometry" in (out / "bench.md").read_text()
+    away = tmp_path / "away"
+    assert main(["bench", "--out", str(away), "--latent-offset", "5:10", *common]) == 0
+    moved = pd.read_csv(away / "latents.csv")
+    assert moved["mtre_init_mm"].nunique() == 1 and (moved["mtre_init_mm"] > 5).all()
+    assert np.isfinite(moved["mtre_mm"]).all()
     bad = tmp_path / "bad"
     assert main(["bench", "--out", str(bad), "--latent-geometries", "toroidal", *common]) != 0
     assert "toroidal" in capsys.readouterr().err

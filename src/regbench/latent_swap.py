@@ -16,8 +16,11 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
+from regbench import evaluate
 from regbench.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -29,17 +32,22 @@ def swap_latents(
     geometries: Sequence[str],
     n_xrays: int,
     lm_iterations: int | None = None,
+    offset: tuple[float, float] | None = None,
+    seed: int = 0,
 ) -> list[dict]:
-    """Rows (model, geometry, features, xray_id, status, mtre_mm, encoder_share) per geometry,
-    encoder features "on" / "off" and X-ray: ``variant``'s trained similarity of a finished
-    subject run registered from the regressor's start, as the run did, with its latent replaced
-    by ``geometry`` (the model's own geometry is always among them, first).
+    """Rows (model, geometry, features, xray_id, status, mtre_init_mm, mtre_mm, encoder_share)
+    per geometry, encoder features "on" / "off" and X-ray: ``variant``'s trained similarity of a
+    finished subject run with its latent replaced by ``geometry`` (the model's own geometry is
+    always among them, first), registered from the regressor's start as the run did or, with
+    ``offset`` (deg, mm), from the truth so moved (the capture section's starts for ``seed``).
     ``encoder_share``: the encoder part's share of the X-ray embedding's norm.
     ``lm_iterations``: both LM passes' iterations instead of the run's."""
+    from regbench.drift import offset_start
     from regbench.methods import build_method
+    from regbench.methods.base import Trace
     from regbench.models.latent import LATENTS, make_latent
     from regbench.models.variants import VARIANTS
-    from regbench.runner import register_all, registration_context
+    from regbench.runner import registration_context
     from regbench.training_curve import finished_run_settings
 
     if VARIANTS.get(variant) is None or VARIANTS[variant].refiner != "lm":
@@ -75,21 +83,36 @@ def swap_latents(
             if features == "off":
                 with torch.no_grad():
                     model.feature_gain.zero_()
-            n = min(n_xrays, len(xrays))
-            xrays.ids, xrays.images, xrays.poses = xrays.ids[:n], xrays.images[:n], xrays.poses[:n]
-            frame, _ = register_all(variant, prepared, xrays, context)
             method = build_method(variant, context)
-            for i, r in frame.iterrows():
+            errors = []
+            for i in tqdm(range(min(n_xrays, len(xrays))), desc=f"{geometry}, {features}"):
+                image, gt = xrays.images[i : i + 1], xrays.poses[i].double()
+                if offset is None:
+                    result = method.register(image)
+                    start, pose, status = result.trace.poses[0], result.pose, result.status
+                else:
+                    start = offset_start(gt, torch.Generator().manual_seed(seed + i), *offset)
+                    pose, _ = method.refine(image, start, Trace())
+                    status = "ok" if torch.isfinite(pose).all() else "failed"
                 with torch.no_grad():
-                    e_x = method.residual_fn(xrays.images[i : i + 1]).e_x
-                share = float(model.encoder_part(e_x).norm() / e_x.norm())
+                    e_x = method.residual_fn(image).e_x
+                error = float("nan")
+                if status == "ok":
+                    error = _mtre(pose, gt, prepared.points)
+                errors.append(error)
                 rows.append({
                     "model": variant, "geometry": geometry, "features": features,
-                    "xray_id": r["xray_id"], "status": r["status"], "mtre_mm": r["mtre_mm"],
-                    "encoder_share": share,
+                    "xray_id": xrays.ids[i], "status": status,
+                    "mtre_init_mm": _mtre(start, gt, prepared.points), "mtre_mm": error,
+                    "encoder_share": float(model.encoder_part(e_x).norm() / e_x.norm()),
                 })  # fmt: skip
             log.info(
                 "%s model, %s latent, features %s: mean mTRE %.4f mm",
-                variant, geometry, features, frame["mtre_mm"].mean(),
+                variant, geometry, features, float(np.nanmean(errors)),
             )  # fmt: skip
     return rows
+
+
+def _mtre(pose: torch.Tensor, gt: torch.Tensor, points: np.ndarray) -> float:
+    est = pose.detach().double().reshape(4, 4).numpy()
+    return float(evaluate.mtre(est[None], gt.numpy()[None], points)[0])

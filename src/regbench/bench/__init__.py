@@ -1,7 +1,7 @@
 """``regbench bench``: how fast the pieces that dominate run time are, against diffdrr.
 
-Eight sections (one module each, or a group of them), one long csv (``section, name, size, metric, value, unit, device``) and a
-Markdown summary with the ratios:
+Nine sections (one module each, or a group of them), one long csv (``section, name, size,
+metric, value, unit, device``) and a Markdown summary with the ratios:
 
 * ``render``: images/s and ray-samples/s of diffdrr's trilinear and Siddon renderers, the
   project's torch projector and its compiled CPU projector, forward and forward+backward (the
@@ -26,6 +26,10 @@ Markdown summary with the ratios:
   (:func:`regbench.training_curve.training_spread`), registered on every X-ray: the spread
   between trainings, and each variant's paired difference to the first, so a table's ranking
   can be read against it.
+* ``latents``: one learned similarity of a finished run registered under each latent geometry,
+  its encoder features on and off (:mod:`regbench.latent_swap`): with them off the geometries
+  share their minimiser, so what then differs is the optimiser's, the resolution of Table 3's
+  latent rows.
 * ``dag``: wall seconds per rule of a finished run, from Snakemake's ``benchmark:`` files.
 """
 

@@ -122,15 +122,20 @@ def latent_rows(
     out_dir: Path,
     device: torch.device,
     lm_iterations: int | None = None,
+    offset: tuple[float, float] | None = None,
+    seed: int = 0,
 ) -> list[dict]:
     """Section ``latents``: ``variant``'s trained model under each latent geometry, encoder
-    features on and off (``latents.csv`` per X-ray): mean and median mTRE, the paired difference
-    to the model's own geometry with the same features (mean, and median of its size) and the
-    encoder part's share of the X-ray embedding."""
+    features on and off (``latents.csv`` per X-ray), from the regressor's starts or the truth
+    moved by ``offset``: SMSR, mean and median mTRE, the paired difference to the model's own
+    geometry with the same features (mean, and median of its size) and the encoder part's
+    share of the X-ray embedding."""
     from regbench.latent_swap import swap_latents
     from regbench.models.variants import VARIANTS
 
-    frame = pd.DataFrame(swap_latents(runs, variant, geometries, n_xrays, lm_iterations))
+    frame = pd.DataFrame(
+        swap_latents(runs, variant, geometries, n_xrays, lm_iterations, offset, seed)
+    )
     write_csv(frame, out_dir / "latents.csv")
     own = VARIANTS[variant].latent
     rows = []
@@ -139,6 +144,8 @@ def latent_rows(
         diff = block["mtre_mm"].to_numpy() - reference["mtre_mm"].to_numpy()
         name = f"{variant} model, {geometry}, features {features}"
         values = {
+            "start median mTRE": (block["mtre_init_mm"].median(), "mm"),
+            "SMSR": (100 * (block["mtre_mm"] < 1).mean(), "%"),
             "mean mTRE": (block["mtre_mm"].mean(), "mm"),
             "median mTRE": (block["mtre_mm"].median(), "mm"),
             "mean minus own geometry": (float(np.nanmean(diff)), "mm"),

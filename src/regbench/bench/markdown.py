@@ -202,22 +202,23 @@ def seeds_markdown(seeds: pd.DataFrame) -> str:
 
 
 def latents_markdown(latents: pd.DataFrame) -> str:
-    """Per geometry and encoder features on / off: mean and median mTRE, the paired difference
-    to the model's own geometry and the encoder part's share of the embedding."""
+    """Per geometry and encoder features on / off: SMSR, mean and median mTRE, the paired
+    difference to the model's own geometry and the encoder part's share of the embedding."""
     table = latents.pivot_table(index="name", columns="metric", values="value", sort=False)
     iterations = int(table["LM iterations"].max())
     budget = f"both LM passes {iterations} iterations" if iterations else "the run's settings"
     lines = [
         "## One trained model under each latent geometry, encoder features on and off "
-        f"({latents['size'].max()} X-rays, {budget}; mTRE in mm; differences paired per X-ray "
-        "with the model's own geometry, same features)\n",
-        "| model, geometry, features | mean | median | mean minus own | median abs. difference "
-        "| encoder share |",
-        "|---|---|---|---|---|---|",
+        f"({latents['size'].max()} X-rays, starts' median mTRE "
+        f"{table['start median mTRE'].iloc[0]:.1f} mm, {budget}; mTRE in mm; differences "
+        "paired per X-ray with the model's own geometry, same features)\n",
+        "| model, geometry, features | SMSR (%) | mean | median | mean minus own "
+        "| median abs. difference | encoder share |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in table.iterrows():
         lines.append(
-            f"| {name} | {r['mean mTRE']:.4f} | {r['median mTRE']:.4f} | "
+            f"| {name} | {r['SMSR']:.0f} | {r['mean mTRE']:.4f} | {r['median mTRE']:.4f} | "
             f"{r['mean minus own geometry']:+.4f} | {r['median |difference| to own geometry']:.4f} "
             f"| {r['encoder share']:.3f} |"
         )

@@ -89,6 +89,8 @@ def run_bench(settings: BenchSettings, device: torch.device) -> pd.DataFrame:
             out_dir,
             device,
             b.latent_lm_iterations,
+            b.latent_offset,
+            b.seed,
         )
     if "dag" in sections and b.benchmarks is not None:
         rows += dag_rows(b.benchmarks, device)

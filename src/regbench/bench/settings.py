@@ -55,6 +55,7 @@ class BenchSettings:
     latent_model: str = "ours-so4"
     latent_geometries: tuple[str, ...] = ("spherical", "euclidean", "hyperbolic")
     latent_lm_iterations: int | None = None
+    latent_offset: tuple[float, float] | None = None
 
     @classmethod
     def from_config(cls, cfg: dict, **options: Any) -> BenchSettings:

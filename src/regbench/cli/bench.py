@@ -56,6 +56,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         latent_model=args.latent_model,
         latent_geometries=tuple(args.latent_geometries),
         latent_lm_iterations=args.latent_lm_iterations,
+        latent_offset=args.latent_offset,
     )
     run_bench(settings, resolve_device(args.device))
 
@@ -170,6 +171,14 @@ def add_parsers(sub: Subparsers) -> None:
         type=int,
         default=None,
         help="latents section: both LM passes' iterations instead of the run's",
+    )
+    p.add_argument(
+        "--latent-offset",
+        type=_offset,
+        default=None,
+        metavar="DEG:MM",
+        help="latents section: start from the truth moved by this offset (the capture "
+        "section's starts) instead of the regressor's starts",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=2, help="torch and kernel threads")
