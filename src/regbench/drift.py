@@ -68,6 +68,15 @@ def offset_start(
     return perturb_world(truth, xi[None])[0]
 
 
+def xray_offset_start(
+    truth: torch.Tensor, seed: int, index: int, deg: float, mm: float
+) -> torch.Tensor:
+    """X-ray ``index``'s start at the offset (``deg``, ``mm``): :func:`offset_start` with a
+    generator of its own seeded ``seed + index``, so every method, offset and section that
+    reruns a finished run (capture, latents) moves that X-ray along the same directions."""
+    return offset_start(truth, torch.Generator().manual_seed(seed + index), deg, mm)
+
+
 def _refiners(
     subject_dir: Path, methods: Sequence[str] | None, lm_iterations: int | None = None
 ) -> Iterator[tuple]:
@@ -127,7 +136,7 @@ def refine_from_offsets(
         for deg, mm in offsets:
             for i in range(min(n_xrays, len(xrays))):
                 gt = xrays.poses[i].double()
-                start = offset_start(gt, torch.Generator().manual_seed(seed + i), deg, mm)
+                start = xray_offset_start(gt, seed, i, deg, mm)
                 row = {
                     "method": name,
                     "offset_deg": deg,

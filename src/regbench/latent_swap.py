@@ -42,7 +42,7 @@ def swap_latents(
     ``offset`` (deg, mm), from the truth so moved (the capture section's starts for ``seed``).
     ``encoder_share``: the encoder part's share of the X-ray embedding's norm.
     ``lm_iterations``: both LM passes' iterations instead of the run's."""
-    from regbench.drift import offset_start
+    from regbench.drift import xray_offset_start
     from regbench.methods import build_method
     from regbench.methods.base import Trace
     from regbench.models.latent import LATENTS, make_latent
@@ -91,7 +91,7 @@ def swap_latents(
                     result = method.register(image)
                     start, pose, status = result.trace.poses[0], result.pose, result.status
                 else:
-                    start = offset_start(gt, torch.Generator().manual_seed(seed + i), *offset)
+                    start = xray_offset_start(gt, seed, i, *offset)
                     pose, _ = method.refine(image, start, Trace())
                     status = "ok" if torch.isfinite(pose).all() else "failed"
                 with torch.no_grad():
